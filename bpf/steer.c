@@ -153,7 +153,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);
-	__uint(max_entries, MAX_PODS);
+	__uint(max_entries, 2 * MAX_PODS); /* slot*2: IPv4 listener, slot*2+1: IPv6 */
 	__type(key, __u32);
 	__type(value, __u64);
 } inbound_listeners SEC(".maps");
@@ -634,8 +634,8 @@ int sluice_sk_lookup(struct bpf_sk_lookup *ctx)
 		return SK_PASS;
 	}
 
-	__u32 slot = pip->slot;
-	struct bpf_sock *sk = bpf_map_lookup_elem(&inbound_listeners, &slot);
+	__u32 idx = pip->slot * 2 + (ctx->family == AF_INET6 ? 1 : 0);
+	struct bpf_sock *sk = bpf_map_lookup_elem(&inbound_listeners, &idx);
 	if (!sk) {
 		/* Enrolled but its proxy is not listening (yet): refuse rather
 		 * than let traffic reach the application unproxied. */
