@@ -142,7 +142,7 @@ func TestRunRetryGivesUp(t *testing.T) {
 	attempts := 0
 	cats := []Category{{ID: "a", Checkers: []Checker{{
 		Description: "never", RetryDeadline: 20 * time.Millisecond,
-		Check:       func(context.Context, *State) error { attempts++; return errors.New("no") },
+		Check: func(context.Context, *State) error { attempts++; return errors.New("no") },
 	}}}}
 	got, success := collect(t, Runner{RetryInterval: 5 * time.Millisecond}, cats)
 	if success || len(got) != 1 || got[0].Outcome != OutcomeError || attempts < 2 {
