@@ -1,0 +1,5 @@
+//go:build !linux
+
+package iptables
+
+func nsKey(netns string) string { return netns }
