@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -182,6 +183,11 @@ func agentCheckers(c *api.Client, o Options) []healthcheck.Checker {
 				ctx, cancel := context.WithTimeout(ctx, agentAttemptTimeout)
 				defer cancel()
 				st, err := c.Status(ctx)
+				var dial *net.OpError
+				if errors.Is(err, api.ErrUnreachable) && errors.As(err, &dial) {
+					// Drop net/http's `Get "http://agent/v1/status":` wrapping.
+					return fmt.Errorf("%w at %s: %w", api.ErrUnreachable, o.AgentSocket, dial)
+				}
 				if err != nil {
 					return fmt.Errorf("get agent status: %w", err)
 				}
