@@ -1,0 +1,311 @@
+// Package command holds sluice-agent's cobra commands: run, enroll,
+// unenroll, list, status and uninstall.
+package command
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-mesh/sluice/agent/api"
+	"github.com/sluice-mesh/sluice/agent/enroll"
+	"github.com/sluice-mesh/sluice/agent/iptables"
+	"github.com/sluice-mesh/sluice/agent/loader"
+	"github.com/sluice-mesh/sluice/agent/metrics"
+	"github.com/sluice-mesh/sluice/agent/probe"
+	"github.com/sluice-mesh/sluice/agent/server"
+	"github.com/sluice-mesh/sluice/bpf"
+)
+
+// Version is set at build time.
+var Version = "dev"
+
+// NewRoot returns the sluice-agent command.
+func NewRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "sluice-agent",
+		Short: "Sluice's node agent: steers pod traffic into sidecar proxies with eBPF",
+		Long: `sluice-agent loads Sluice's eBPF programs, pins them under the BPF filesystem and
+attaches them at the cgroup v2 root, then enrolls pods through a local admin API
+on a unix socket. Killing the agent loses no connection and no enrollment: a
+restarted agent re-adopts what is pinned.`,
+		SilenceUsage: true,
+	}
+	root.AddCommand(newCmdRun(), newCmdEnroll(), newCmdUnenroll(), newCmdList(), newCmdStatus(), newCmdUninstall())
+	return root
+}
+
+type runOptions struct {
+	mode        string
+	pinRoot     string
+	cgroupRoot  string
+	stateDir    string
+	socket      string
+	metricsAddr string
+	noRedirect  bool
+	maxPods     uint32
+	logLevel    string
+}
+
+func newRunOptions() *runOptions {
+	return &runOptions{
+		mode:        string(api.ModeEBPF),
+		pinRoot:     loader.DefaultPinRoot,
+		stateDir:    "/run/sluice",
+		metricsAddr: ":9995",
+		maxPods:     1024,
+		logLevel:    "info",
+	}
+}
+
+func (o *runOptions) validate() error {
+	if o.mode != string(api.ModeEBPF) && o.mode != string(api.ModeIPTables) {
+		return fmt.Errorf("--mode must be ebpf or iptables, not %q", o.mode)
+	}
+	if o.maxPods == 0 || o.maxPods > 65536 {
+		return fmt.Errorf("--max-pods must be in 1-65536")
+	}
+	if !filepath.IsAbs(o.pinRoot) || !filepath.IsAbs(o.stateDir) {
+		return fmt.Errorf("--pin-root and --state-dir must be absolute paths")
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	return nil
+}
+
+func (o *runOptions) socketPath() string {
+	if o.socket != "" {
+		return o.socket
+	}
+	return filepath.Join(o.stateDir, "agent.sock")
+}
+
+func newCmdRun() *cobra.Command {
+	o := newRunOptions()
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Load the programs, serve the admin API and metrics until stopped",
+		Long: `run probes the kernel, loads and attaches the steering programs (or adopts and,
+if they changed, upgrades the ones an earlier agent pinned), then serves the
+admin API on --socket and Prometheus metrics on --metrics-addr.
+
+Stopping it (SIGTERM, or even SIGKILL) detaches nothing: traffic keeps being
+steered. Use 'sluice-agent uninstall' to remove everything.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.validate(); err != nil {
+				return err
+			}
+			return o.run(cmd)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.mode, "mode", o.mode, "interception mode: ebpf, or iptables (per-pod REDIRECT rules like linkerd-init)")
+	f.StringVar(&o.pinRoot, "pin-root", o.pinRoot, "bpffs directory for pinned programs, maps and links")
+	f.StringVar(&o.cgroupRoot, "cgroup-root", "", "cgroup v2 directory to attach to (default: the cgroup v2 mount)")
+	f.StringVar(&o.stateDir, "state-dir", o.stateDir, "directory of the admin socket and the enrollment record")
+	f.StringVar(&o.socket, "socket", "", "admin API unix socket (default <state-dir>/agent.sock)")
+	f.StringVar(&o.metricsAddr, "metrics-addr", o.metricsAddr, "address of the Prometheus /metrics endpoint; empty disables it")
+	f.BoolVar(&o.noRedirect, "no-redirect", false, "do not attach the sk_msg redirect (connections are still steered)")
+	f.Uint32Var(&o.maxPods, "max-pods", o.maxPods, "capacity of the pod maps; changing it needs an uninstall")
+	f.StringVar(&o.logLevel, "log-level", o.logLevel, "debug, info, warn or error")
+	return cmd
+}
+
+// agent is a running agent's parts, for status and metrics.
+type agent struct {
+	opts     *runOptions
+	state    *loader.State
+	manager  *enroll.Manager
+	features []api.Feature
+	redirect bool
+	cgroup   string
+}
+
+func (o *runOptions) run(cmd *cobra.Command) error {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(o.logLevel))
+	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl})).With("component", "agent")
+
+	a := &agent{opts: o}
+	mcfg := enroll.Config{Mode: api.Mode(o.mode), StateFile: filepath.Join(o.stateDir, "enrollments.json"), MaxPods: int(o.maxPods), Logger: log}
+	if o.mode == string(api.ModeEBPF) {
+		rep := probe.Run()
+		a.features = rep.Features
+		if err := rep.Err(); err != nil {
+			return fmt.Errorf("refusing to start: %w", err)
+		}
+		cg := o.cgroupRoot
+		if cg == "" {
+			var err error
+			if cg, err = loader.FindCgroup2(); err != nil {
+				return err
+			}
+		}
+		a.cgroup = cg
+		a.redirect = !o.noRedirect && rep.Has(probe.SockopsNetnsCookie) && rep.Has(probe.SkMsgNetnsCookie) && rep.Has(probe.SkMsgStorage)
+		if !o.noRedirect && !a.redirect {
+			log.Warn("sk_msg redirect off: the kernel lacks a feature it needs (Linux 5.15)")
+		}
+		st, err := loader.Load(loader.Config{
+			PinRoot: o.pinRoot, CgroupRoot: cg, Logger: log,
+			Options: bpf.Options{SockopsNetnsCookie: rep.Has(probe.SockopsNetnsCookie), Redirect: a.redirect, MaxPods: o.maxPods},
+		})
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		a.state = st
+		mcfg.State = st
+	} else {
+		mcfg.Rules = &iptables.Rules{}
+	}
+	m, err := enroll.New(mcfg)
+	if err != nil {
+		return err
+	}
+	a.manager = m
+
+	ln, err := server.Listen(o.socketPath())
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: server.Handler(m, a.status, log), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+
+	if o.metricsAddr != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(metrics.New(a, log), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mln, err := net.Listen("tcp", o.metricsAddr)
+		if err != nil {
+			return fmt.Errorf("listen for metrics on %s: %w", o.metricsAddr, err)
+		}
+		msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = msrv.Serve(mln) }()
+		defer msrv.Close()
+		log.Info("serving metrics", "addr", mln.Addr().String())
+	}
+
+	ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	log.Info("agent ready", "mode", o.mode, "socket", o.socketPath(), "enrollments", m.Len())
+	fmt.Fprintln(cmd.OutOrStdout(), "READY")
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("stopping; programs stay attached")
+			return nil
+		case <-tick.C:
+			if a.state != nil {
+				m.AdoptListeners()
+			}
+		}
+	}
+}
+
+func (a *agent) status() api.Status {
+	var uts unix.Utsname
+	_ = unix.Uname(&uts)
+	st := api.Status{
+		Version: Version, Mode: api.Mode(a.opts.mode), PinRoot: a.opts.pinRoot, CgroupV2: a.cgroup,
+		Kernel: unix.ByteSliceToString(uts.Release[:]), Features: a.features,
+		RedirectEnabled: a.redirect, Enrollments: a.manager.Len(),
+	}
+	if a.state != nil {
+		st.Programs = a.state.Programs()
+		st.Pins = a.state.Pins()
+		st.Maps = a.state.MapUsage()
+	}
+	return st
+}
+
+// Counters implements metrics.Source.
+func (a *agent) Counters() ([]uint64, error) {
+	if a.state == nil {
+		return nil, nil
+	}
+	return a.state.Counters()
+}
+
+// MapUsage implements metrics.Source.
+func (a *agent) MapUsage() []api.MapUsage {
+	if a.state == nil {
+		return nil
+	}
+	return a.state.MapUsage()
+}
+
+// Enrollments implements metrics.Source.
+func (a *agent) Enrollments() int { return a.manager.Len() }
+
+var _ metrics.Source = (*agent)(nil)
+
+type uninstallOptions struct {
+	pinRoot  string
+	stateDir string
+}
+
+func newCmdUninstall() *cobra.Command {
+	o := &uninstallOptions{pinRoot: loader.DefaultPinRoot, stateDir: "/run/sluice"}
+	cmd := &cobra.Command{
+		Use:   "uninstall",
+		Short: "Detach every program and remove every pin, rule and record",
+		Long: `uninstall detaches the steering programs, removes everything pinned under
+--pin-root, removes the iptables rules of pods enrolled in iptables mode, and
+deletes the enrollment record. Stop the agent first: uninstall refuses while an
+agent holds the pinned state.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return o.run(cmd.Context(), cmd)
+		},
+	}
+	cmd.Flags().StringVar(&o.pinRoot, "pin-root", o.pinRoot, "bpffs directory of the pinned state")
+	cmd.Flags().StringVar(&o.stateDir, "state-dir", o.stateDir, "directory of the enrollment record")
+	return cmd
+}
+
+func (o *uninstallOptions) run(ctx context.Context, cmd *cobra.Command) error {
+	var errs []error
+	err := loader.Uninstall(o.pinRoot)
+	switch {
+	case errors.Is(err, loader.ErrNotLoaded):
+		fmt.Fprintf(cmd.OutOrStdout(), "no programs pinned under %s\n", o.pinRoot)
+	case err != nil:
+		return fmt.Errorf("uninstall: %w", err)
+	default:
+		fmt.Fprintf(cmd.OutOrStdout(), "removed programs and pins under %s\n", o.pinRoot)
+	}
+	stateFile := filepath.Join(o.stateDir, "enrollments.json")
+	n, err := removeIPTables(ctx, stateFile)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if n > 0 {
+		fmt.Fprintf(cmd.OutOrStdout(), "removed iptables rules of %d pods\n", n)
+	}
+	if err := os.Remove(stateFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove %s: %w", stateFile, err))
+	}
+	return errors.Join(errs...)
+}

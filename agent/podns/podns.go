@@ -1,0 +1,164 @@
+// Package podns opens a pod's network namespace by path or pid and reads
+// what the agent needs from it: its cookie, its addresses, and the
+// processes and listening sockets inside it.
+package podns
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrHostNetwork: the namespace is the agent's own (the host's).
+var ErrHostNetwork = errors.New("is the host network namespace")
+
+// NS is an open network namespace.
+type NS struct {
+	// Path is the path it was opened by.
+	Path string
+	// Ino identifies the namespace on this host (nsfs inode).
+	Ino uint64
+	// Cookie is the kernel's netns cookie, the key of the eBPF maps.
+	Cookie uint64
+	f      *os.File
+}
+
+// PathOf returns the netns path for a pid.
+func PathOf(pid int) string { return fmt.Sprintf("/proc/%d/ns/net", pid) }
+
+// Open opens the network namespace at path. It refuses paths that are not a
+// network namespace and the agent's own namespace (ErrHostNetwork).
+func Open(path string) (*NS, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("open netns %s: %w", path, fs.ErrNotExist)
+		}
+		return nil, fmt.Errorf("open netns %s: %w", path, err)
+	}
+	ns := &NS{Path: path, f: f}
+	if err := ns.init(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return ns, nil
+}
+
+func (ns *NS) init() error {
+	var sfs unix.Statfs_t
+	if err := unix.Fstatfs(int(ns.f.Fd()), &sfs); err != nil || sfs.Type != unix.NSFS_MAGIC {
+		return fmt.Errorf("open netns %s: not a namespace file", ns.Path)
+	}
+	t, err := unix.IoctlRetInt(int(ns.f.Fd()), unix.NS_GET_NSTYPE)
+	if err != nil || t != unix.CLONE_NEWNET {
+		return fmt.Errorf("open netns %s: not a network namespace", ns.Path)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(ns.f.Fd()), &st); err != nil {
+		return fmt.Errorf("stat netns %s: %w", ns.Path, err)
+	}
+	ns.Ino = st.Ino
+	var self unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &self); err == nil && self.Ino == st.Ino && self.Dev == st.Dev {
+		return fmt.Errorf("netns %s: %w", ns.Path, ErrHostNetwork)
+	}
+	return ns.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("socket in netns %s: %w", ns.Path, err)
+		}
+		defer unix.Close(fd)
+		c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+		if err != nil {
+			return fmt.Errorf("netns cookie of %s (SO_NETNS_COOKIE needs Linux 5.14): %w", ns.Path, err)
+		}
+		ns.Cookie = c
+		return nil
+	})
+}
+
+// FD is the namespace's file descriptor, valid until Close.
+func (ns *NS) FD() int { return int(ns.f.Fd()) }
+
+// Close closes the namespace file.
+func (ns *NS) Close() error { return ns.f.Close() }
+
+// Do runs fn on a locked OS thread switched into the namespace. Sockets fn
+// creates belong to the namespace. If switching back fails the thread stays
+// locked, so the runtime discards it.
+func (ns *NS) Do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			errc <- fmt.Errorf("open own netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := unix.Setns(int(ns.f.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter netns %s: %w", ns.Path, err)
+			return
+		}
+		ferr := fn()
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("leave netns %s: %w", ns.Path, err))
+			return // thread stays locked and dies with the goroutine
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// Addresses returns the global unicast addresses of the namespace's
+// interfaces: the pod's IPs.
+func (ns *NS) Addresses() ([]netip.Addr, error) {
+	var out []netip.Addr
+	err := ns.Do(func() error {
+		addrs, err := net.InterfaceAddrs()
+		if err != nil {
+			return fmt.Errorf("list addresses in netns %s: %w", ns.Path, err)
+		}
+		for _, a := range addrs {
+			pfx, err := netip.ParsePrefix(a.String())
+			if err != nil {
+				continue
+			}
+			ip := pfx.Addr().Unmap()
+			if ip.IsGlobalUnicast() {
+				out = append(out, ip)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Pids returns the processes whose network namespace is this one.
+func (ns *NS) Pids() []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Stat(PathOf(pid), &st) == nil && st.Ino == ns.Ino {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
