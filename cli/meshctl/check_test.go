@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sluice-mesh/sluice/agent/api"
 	"github.com/sluice-mesh/sluice/cli/healthcheck/ebpfcheck"
@@ -151,5 +152,27 @@ func TestCheckHelp(t *testing.T) {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("check --help lacks %q", want)
 		}
+	}
+}
+
+func TestCheckWaitsForAgent(t *testing.T) {
+	host := fixtureHost(t)
+	socket := fakeAgent(t)
+	// The agent "starts" 200ms into the check: its socket appears then.
+	link := filepath.Join(t.TempDir(), "agent.sock")
+	linked := make(chan error, 1)
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		linked <- os.Symlink(socket, link)
+	}()
+	stdout, _, err := execute(t, host, nil, "check", "--ebpf", "--wait", "10s", "--agent-socket", link)
+	if err := <-linked; err != nil {
+		t.Fatal(err)
+	}
+	if err != nil {
+		t.Fatalf("check --wait: %v\n%s", err, stdout)
+	}
+	if !strings.Contains(stdout, "✔ agent is reachable") {
+		t.Errorf("agent never reachable:\n%s", stdout)
 	}
 }
