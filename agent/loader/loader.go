@@ -14,6 +14,7 @@
 package loader
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -255,6 +256,9 @@ func (s *State) updateLink(l link.Link, prog *ebpf.Program, name string) error {
 	return nil
 }
 
+// sameProgram reports whether the program with id runs the same
+// instructions with the same load-time constants as prog. The kernel's tag
+// covers the instructions only, so the .rodata contents are compared too.
 func sameProgram(id ebpf.ProgramID, prog *ebpf.Program) (bool, error) {
 	old, err := ebpf.NewProgramFromID(id)
 	if err != nil {
@@ -269,7 +273,42 @@ func sameProgram(id ebpf.ProgramID, prog *ebpf.Program) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	return oi.Tag == ni.Tag, nil
+	if oi.Tag != ni.Tag {
+		return false, nil
+	}
+	or, err := rodata(oi)
+	if err != nil {
+		return false, err
+	}
+	nr, err := rodata(ni)
+	if err != nil {
+		return false, err
+	}
+	return bytes.Equal(or, nr), nil
+}
+
+// rodata returns the contents of a program's .rodata map, or nil.
+func rodata(info *ebpf.ProgramInfo) ([]byte, error) {
+	ids, _ := info.MapIDs()
+	for _, id := range ids {
+		m, err := ebpf.NewMapFromID(id)
+		if err != nil {
+			return nil, fmt.Errorf("open map %d: %w", id, err)
+		}
+		mi, err := m.Info()
+		if err != nil || !strings.HasSuffix(mi.Name, ".rodata") {
+			m.Close()
+			continue
+		}
+		val := make([]byte, m.ValueSize())
+		err = m.Lookup(uint32(0), &val)
+		m.Close()
+		if err != nil {
+			return nil, fmt.Errorf("read .rodata: %w", err)
+		}
+		return val, nil
+	}
+	return nil, nil
 }
 
 func (s *State) updateNetnsLinks(dir string) error {
