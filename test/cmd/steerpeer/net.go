@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"strings"
 	"syscall"
 )
 
@@ -107,9 +106,4 @@ func relay(a, b *net.TCPConn) {
 func echo(c *net.TCPConn) error {
 	defer c.Close()
 	return halfCopier{c, c}.run()
-}
-
-// isClosed reports whether err comes from a closed listener.
-func isClosed(err error) bool {
-	return errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), "use of closed network connection")
 }
