@@ -15,6 +15,10 @@ type Options struct {
 	// Redirect turns on the sk_msg acceleration. It requires
 	// SockopsNetnsCookie, so that pairs of different pods never collide.
 	Redirect bool
+	// GetPeerName attaches cgroup/getpeername4/6 (Linux 5.8, with
+	// bpf_sk_storage_get in sock_addr programs); without it a steered app's
+	// getpeername() shows the proxy's loopback address.
+	GetPeerName bool
 	// MaxPods overrides the size of the pods and inbound_listeners maps
 	// (default 1024); tests use it to reach a full map.
 	MaxPods uint32
@@ -38,6 +42,10 @@ func Spec(opts Options) (*ebpf.CollectionSpec, error) {
 			return nil, fmt.Errorf("set %s: %w", name, err)
 		}
 	}
+	if !opts.GetPeerName {
+		delete(spec.Programs, ProgGetPeerName4)
+		delete(spec.Programs, ProgGetPeerName6)
+	}
 	if opts.MaxPods > 0 {
 		spec.Maps[MapPods].MaxEntries = opts.MaxPods
 		spec.Maps[MapInboundListeners].MaxEntries = 2 * opts.MaxPods
@@ -47,12 +55,14 @@ func Spec(opts Options) (*ebpf.CollectionSpec, error) {
 
 // Names of the programs and maps in steer.c, as pinned by the agent.
 const (
-	ProgConnect4   = "sluice_connect4"
-	ProgConnect6   = "sluice_connect6"
-	ProgSockops    = "sluice_sockops"
-	ProgSkMsg      = "sluice_sk_msg"
-	ProgGetsockopt = "sluice_getsockopt"
-	ProgSkLookup   = "sluice_sk_lookup"
+	ProgConnect4     = "sluice_connect4"
+	ProgConnect6     = "sluice_connect6"
+	ProgSockops      = "sluice_sockops"
+	ProgSkMsg        = "sluice_sk_msg"
+	ProgGetsockopt   = "sluice_getsockopt"
+	ProgSkLookup     = "sluice_sk_lookup"
+	ProgGetPeerName4 = "sluice_getpeername4"
+	ProgGetPeerName6 = "sluice_getpeername6"
 
 	MapPods             = "pods"
 	MapPodIPs           = "pod_ips"
@@ -61,6 +71,7 @@ const (
 	MapOrigByPair       = "orig_by_pair"
 	MapSkOrig           = "sk_orig"
 	MapSkMsgState       = "sk_msg_state"
+	MapSkAppOrig        = "sk_app_orig"
 	MapSockPairs        = "sock_pairs"
 	MapCounters         = "counters"
 )

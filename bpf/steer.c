@@ -185,6 +185,15 @@ struct {
 	__type(value, struct orig_dst);
 } sk_orig SEC(".maps");
 
+/* The original destination, stored on the app's steered socket, so
+ * getpeername() shows the app the peer it connected to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct orig_dst);
+} sk_app_orig SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -476,6 +485,12 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 			no_redirect = copy.flags & ORIG_F_NO_REDIRECT;
 			bpf_map_update_elem(&orig_by_pair, &peer, &copy, BPF_ANY);
 			bpf_map_delete_elem(&orig_by_cookie, &cookie);
+			if (skops->sk) {
+				struct orig_dst *st = bpf_sk_storage_get(&sk_app_orig, skops->sk, 0,
+									 BPF_SK_STORAGE_GET_F_CREATE);
+				if (st)
+					*st = copy;
+			}
 		}
 	} else {
 		/* The proxy's accepted socket. */
@@ -495,6 +510,46 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 		}
 	}
 	maybe_pair(skops, &k, no_redirect);
+	return 1;
+}
+
+/* getpeername on a steered app socket answers the original destination,
+ * as it does under iptables, instead of the proxy's loopback address. */
+SEC("cgroup/getpeername4")
+int sluice_getpeername4(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct orig_dst *o = bpf_sk_storage_get(&sk_app_orig, sk, 0, 0);
+	if (!o || o->family != AF_INET)
+		return 1;
+	ctx->user_ip4 = o->addr[0];
+	ctx->user_port = o->port;
+	return 1;
+}
+
+SEC("cgroup/getpeername6")
+int sluice_getpeername6(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct orig_dst *o = bpf_sk_storage_get(&sk_app_orig, sk, 0, 0);
+	if (!o)
+		return 1;
+	if (o->family == AF_INET) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = o->addr[0];
+	} else {
+		ctx->user_ip6[0] = o->addr[0];
+		ctx->user_ip6[1] = o->addr[1];
+		ctx->user_ip6[2] = o->addr[2];
+		ctx->user_ip6[3] = o->addr[3];
+	}
+	ctx->user_port = o->port;
 	return 1;
 }
 

@@ -112,29 +112,32 @@ type SteerSubnet struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	SteerMapCounters           = "counters"
-	SteerMapInboundListeners   = "inbound_listeners"
-	SteerMapOrigByCookie       = "orig_by_cookie"
-	SteerMapOrigByPair         = "orig_by_pair"
-	SteerMapPodIps             = "pod_ips"
-	SteerMapPods               = "pods"
-	SteerMapSkMsgState         = "sk_msg_state"
-	SteerMapSkOrig             = "sk_orig"
-	SteerMapSockPairs          = "sock_pairs"
-	SteerProgSluiceConnect4    = "sluice_connect4"
-	SteerProgSluiceConnect6    = "sluice_connect6"
-	SteerProgSluiceGetsockopt  = "sluice_getsockopt"
-	SteerProgSluiceSkLookup    = "sluice_sk_lookup"
-	SteerProgSluiceSkMsg       = "sluice_sk_msg"
-	SteerProgSluiceSockops     = "sluice_sockops"
-	SteerVarRedirectEnabled    = "redirect_enabled"
-	SteerVarSockopsNetnsCookie = "sockops_netns_cookie"
-	SteerVarUnusedCounter      = "unused_counter"
-	SteerVarUnusedIpKey        = "unused_ip_key"
-	SteerVarUnusedOrigDst      = "unused_orig_dst"
-	SteerVarUnusedPodConfig    = "unused_pod_config"
-	SteerVarUnusedPodIp        = "unused_pod_ip"
-	SteerVarUnusedSockKey      = "unused_sock_key"
+	SteerMapCounters            = "counters"
+	SteerMapInboundListeners    = "inbound_listeners"
+	SteerMapOrigByCookie        = "orig_by_cookie"
+	SteerMapOrigByPair          = "orig_by_pair"
+	SteerMapPodIps              = "pod_ips"
+	SteerMapPods                = "pods"
+	SteerMapSkAppOrig           = "sk_app_orig"
+	SteerMapSkMsgState          = "sk_msg_state"
+	SteerMapSkOrig              = "sk_orig"
+	SteerMapSockPairs           = "sock_pairs"
+	SteerProgSluiceConnect4     = "sluice_connect4"
+	SteerProgSluiceConnect6     = "sluice_connect6"
+	SteerProgSluiceGetpeername4 = "sluice_getpeername4"
+	SteerProgSluiceGetpeername6 = "sluice_getpeername6"
+	SteerProgSluiceGetsockopt   = "sluice_getsockopt"
+	SteerProgSluiceSkLookup     = "sluice_sk_lookup"
+	SteerProgSluiceSkMsg        = "sluice_sk_msg"
+	SteerProgSluiceSockops      = "sluice_sockops"
+	SteerVarRedirectEnabled     = "redirect_enabled"
+	SteerVarSockopsNetnsCookie  = "sockops_netns_cookie"
+	SteerVarUnusedCounter       = "unused_counter"
+	SteerVarUnusedIpKey         = "unused_ip_key"
+	SteerVarUnusedOrigDst       = "unused_orig_dst"
+	SteerVarUnusedPodConfig     = "unused_pod_config"
+	SteerVarUnusedPodIp         = "unused_pod_ip"
+	SteerVarUnusedSockKey       = "unused_sock_key"
 )
 
 // LoadSteer returns the embedded CollectionSpec for Steer.
@@ -179,12 +182,14 @@ type SteerSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SteerProgramSpecs struct {
-	SluiceConnect4   *ebpf.ProgramSpec `ebpf:"sluice_connect4"`
-	SluiceConnect6   *ebpf.ProgramSpec `ebpf:"sluice_connect6"`
-	SluiceGetsockopt *ebpf.ProgramSpec `ebpf:"sluice_getsockopt"`
-	SluiceSkLookup   *ebpf.ProgramSpec `ebpf:"sluice_sk_lookup"`
-	SluiceSkMsg      *ebpf.ProgramSpec `ebpf:"sluice_sk_msg"`
-	SluiceSockops    *ebpf.ProgramSpec `ebpf:"sluice_sockops"`
+	SluiceConnect4     *ebpf.ProgramSpec `ebpf:"sluice_connect4"`
+	SluiceConnect6     *ebpf.ProgramSpec `ebpf:"sluice_connect6"`
+	SluiceGetpeername4 *ebpf.ProgramSpec `ebpf:"sluice_getpeername4"`
+	SluiceGetpeername6 *ebpf.ProgramSpec `ebpf:"sluice_getpeername6"`
+	SluiceGetsockopt   *ebpf.ProgramSpec `ebpf:"sluice_getsockopt"`
+	SluiceSkLookup     *ebpf.ProgramSpec `ebpf:"sluice_sk_lookup"`
+	SluiceSkMsg        *ebpf.ProgramSpec `ebpf:"sluice_sk_msg"`
+	SluiceSockops      *ebpf.ProgramSpec `ebpf:"sluice_sockops"`
 }
 
 // SteerMapSpecs contains maps before they are loaded into the kernel.
@@ -197,6 +202,7 @@ type SteerMapSpecs struct {
 	OrigByPair       *ebpf.MapSpec `ebpf:"orig_by_pair"`
 	PodIps           *ebpf.MapSpec `ebpf:"pod_ips"`
 	Pods             *ebpf.MapSpec `ebpf:"pods"`
+	SkAppOrig        *ebpf.MapSpec `ebpf:"sk_app_orig"`
 	SkMsgState       *ebpf.MapSpec `ebpf:"sk_msg_state"`
 	SkOrig           *ebpf.MapSpec `ebpf:"sk_orig"`
 	SockPairs        *ebpf.MapSpec `ebpf:"sock_pairs"`
@@ -242,6 +248,7 @@ type SteerMaps struct {
 	OrigByPair       *ebpf.Map `ebpf:"orig_by_pair"`
 	PodIps           *ebpf.Map `ebpf:"pod_ips"`
 	Pods             *ebpf.Map `ebpf:"pods"`
+	SkAppOrig        *ebpf.Map `ebpf:"sk_app_orig"`
 	SkMsgState       *ebpf.Map `ebpf:"sk_msg_state"`
 	SkOrig           *ebpf.Map `ebpf:"sk_orig"`
 	SockPairs        *ebpf.Map `ebpf:"sock_pairs"`
@@ -255,6 +262,7 @@ func (m *SteerMaps) Close() error {
 		m.OrigByPair,
 		m.PodIps,
 		m.Pods,
+		m.SkAppOrig,
 		m.SkMsgState,
 		m.SkOrig,
 		m.SockPairs,
@@ -279,18 +287,22 @@ type SteerVariables struct {
 //
 // It can be passed to LoadSteerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SteerPrograms struct {
-	SluiceConnect4   *ebpf.Program `ebpf:"sluice_connect4"`
-	SluiceConnect6   *ebpf.Program `ebpf:"sluice_connect6"`
-	SluiceGetsockopt *ebpf.Program `ebpf:"sluice_getsockopt"`
-	SluiceSkLookup   *ebpf.Program `ebpf:"sluice_sk_lookup"`
-	SluiceSkMsg      *ebpf.Program `ebpf:"sluice_sk_msg"`
-	SluiceSockops    *ebpf.Program `ebpf:"sluice_sockops"`
+	SluiceConnect4     *ebpf.Program `ebpf:"sluice_connect4"`
+	SluiceConnect6     *ebpf.Program `ebpf:"sluice_connect6"`
+	SluiceGetpeername4 *ebpf.Program `ebpf:"sluice_getpeername4"`
+	SluiceGetpeername6 *ebpf.Program `ebpf:"sluice_getpeername6"`
+	SluiceGetsockopt   *ebpf.Program `ebpf:"sluice_getsockopt"`
+	SluiceSkLookup     *ebpf.Program `ebpf:"sluice_sk_lookup"`
+	SluiceSkMsg        *ebpf.Program `ebpf:"sluice_sk_msg"`
+	SluiceSockops      *ebpf.Program `ebpf:"sluice_sockops"`
 }
 
 func (p *SteerPrograms) Close() error {
 	return _SteerClose(
 		p.SluiceConnect4,
 		p.SluiceConnect6,
+		p.SluiceGetpeername4,
+		p.SluiceGetpeername6,
 		p.SluiceGetsockopt,
 		p.SluiceSkLookup,
 		p.SluiceSkMsg,

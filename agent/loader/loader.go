@@ -69,6 +69,8 @@ var cgroupProgs = []struct {
 	{bpf.ProgSockops, ebpf.AttachCGroupSockOps},
 	{bpf.ProgConnect4, ebpf.AttachCGroupInet4Connect},
 	{bpf.ProgConnect6, ebpf.AttachCGroupInet6Connect},
+	{bpf.ProgGetPeerName4, ebpf.AttachCgroupInet4GetPeername},
+	{bpf.ProgGetPeerName6, ebpf.AttachCgroupInet6GetPeername},
 }
 
 // State is the loaded, pinned and attached steering programs. Close frees
@@ -183,6 +185,9 @@ func Load(cfg Config) (_ *State, err error) {
 		s.Progs[name] = p
 	}
 	for _, cp := range cgroupProgs {
+		if s.Progs[cp.name] == nil {
+			continue // left out by the options
+		}
 		if err := s.attachCgroup(dir, cp.name, cp.attach); err != nil {
 			return nil, err
 		}
@@ -412,6 +417,9 @@ func (s *State) Programs() []api.Program {
 		out = append(out, ap)
 	}
 	for _, cp := range cgroupProgs {
+		if s.Progs[cp.name] == nil {
+			continue
+		}
 		attached := false
 		if l, ok := s.links[cp.name]; ok {
 			if info, err := l.Info(); err == nil {

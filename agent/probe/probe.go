@@ -43,6 +43,7 @@ const (
 	SockopsNetnsCookie = "bpf_get_netns_cookie in sock_ops"
 	SkMsgNetnsCookie   = "bpf_get_netns_cookie in sk_msg"
 	SkMsgStorage       = "bpf_sk_storage_get in sk_msg"
+	SockAddrStorage    = "bpf_sk_storage_get in cgroup/connect (getpeername restore)"
 )
 
 // all lists the features in the order they are reported. Minimum kernels
@@ -72,6 +73,7 @@ var all = []feature{
 	{SockopsNetnsCookie, "5.15", false, helper(ebpf.SockOps, asm.FnGetNetnsCookie)},
 	{SkMsgNetnsCookie, "5.15", false, helper(ebpf.SkMsg, asm.FnGetNetnsCookie)},
 	{SkMsgStorage, "5.15", false, helper(ebpf.SkMsg, asm.FnSkStorageGet)},
+	{SockAddrStorage, "5.8", false, helper(ebpf.CGroupSockAddr, asm.FnSkStorageGet)},
 }
 
 func haveNetnsCookieSockopt() error {
