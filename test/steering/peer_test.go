@@ -110,15 +110,24 @@ func (p *peer) none(t *testing.T) {
 // dial runs `steerpeer dial` and returns its result line.
 func dial(t *testing.T, cmd *exec.Cmd) event {
 	t.Helper()
+	ev, err := tryDial(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+// tryDial is dial for goroutines other than the test's.
+func tryDial(cmd *exec.Cmd) (event, error) {
 	out, err := cmd.Output()
 	var ev event
 	if jerr := json.Unmarshal(out, &ev); jerr != nil {
-		t.Fatalf("dial: %v: %q", err, out)
+		return ev, fmt.Errorf("dial: %v: %q", err, out)
 	}
 	if err != nil || ev.Err != "" {
-		t.Fatalf("dial failed: %v %s", err, ev.Err)
+		return ev, fmt.Errorf("dial failed: %v %s", err, ev.Err)
 	}
-	return ev
+	return ev, nil
 }
 
 func dialArgs(to netip.AddrPort, bytes int64) []string {

@@ -235,17 +235,28 @@ func TestAgentKill9(t *testing.T) {
 			a := f.node.AddPod(t, "a", netns.PodOptions{})
 			b := f.node.AddPod(t, "b", netns.PodOptions{})
 			f.agent.Enroll(t, a, api.PodConfig{SkipOutboundPorts: []api.PortRange{{Lo: 7000, Hi: 7100}}})
-			f.agent.Enroll(t, b, api.PodConfig{})
+			enB := f.agent.Enroll(t, b, api.PodConfig{})
 			proxy := f.proxy(t, a, "forward")
+			f.proxy(t, b, "forward")
 			f.server(t, b, ":9000", "sha256")
+			if mode == api.ModeEBPF {
+				f.agent.WaitListener(t, enB.NetNSCookie)
+			}
 			before, err := f.agent.Client.List(context.Background())
 			if err != nil {
 				t.Fatal(err)
 			}
 
 			cmd := a.Command(appUID, f.peer, dialArgs(ap(b.IPv4(), 9000), 1<<30)...)
-			done := make(chan event, 1)
-			go func() { done <- dial(t, cmd) }()
+			type result struct {
+				ev  event
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				ev, err := tryDial(cmd)
+				done <- result{ev, err}
+			}()
 			if ev := proxy.next(t); ev.Listener != "outbound" {
 				t.Fatalf("transfer not steered: %+v", ev)
 			}
@@ -257,7 +268,11 @@ func TestAgentKill9(t *testing.T) {
 			}
 			var res event
 			select {
-			case res = <-done:
+			case r := <-done:
+				if r.err != nil {
+					t.Fatalf("transfer across the kill: %v", r.err)
+				}
+				res = r.ev
 			case <-time.After(5 * time.Minute):
 				t.Fatal("transfer did not complete after the agent was killed")
 			}
