@@ -53,6 +53,7 @@ type result struct {
 	Err    string  `json:"err"`
 	MeanNs int64   `json:"mean_ns"`
 	EAGAIN int64   `json:"spurious_eagain"`
+	MSS    int     `json:"mss"`
 }
 
 // proxyStats is the echo proxy's answer to "stats".
@@ -78,7 +79,7 @@ func startProxy(b *testing.B, pod *netns.Pod, bin string, expect netip.AddrPort)
 	if expect.IsValid() {
 		args = append(args, "--expect-orig", expect.String())
 	}
-	cmd := pod.Command(proxyUID, bin, args...)
+	cmd := pod.Command(proxyUID, "taskset", append([]string{"-c", proxyCPU(), bin}, args...)...)
 	p := &echoProxy{lines: make(chan string, 16), stderr: &bytes.Buffer{}}
 	cmd.Stderr = p.stderr
 	var err error
@@ -163,12 +164,18 @@ type benchCase struct {
 }
 
 type roundResult struct {
-	connect, rr, bulk result
+	connect, rr, rrSame, bulk result
 }
 
-func runTool(b *testing.B, pod *netns.Pod, uid int, bin string, args ...string) (result, error) {
+// proxyCPU is the CPU the proxy is pinned to; otherCPU another one (or the
+// same on a one-CPU machine).
+func proxyCPU() string { return fmt.Sprint(runtime.NumCPU() - 1) }
+func otherCPU() string { return "0" }
+
+// runTool runs steerbench in pod as uid, pinned to cpu, and returns its result.
+func runTool(b *testing.B, pod *netns.Pod, uid int, bin, cpu string, args ...string) (result, error) {
 	b.Helper()
-	cmd := pod.Command(uid, bin, args...)
+	cmd := pod.Command(uid, "taskset", append([]string{"-c", cpu, bin}, args...)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -222,7 +229,7 @@ func BenchmarkSteering(b *testing.B) {
 			expect = c.to
 			// Not steered (the proxy's uid is exempt), the target refuses:
 			// only steering can make the benchmark's connections succeed.
-			if _, err := runTool(b, c.pod, proxyUID, bin, "connect", "--to", c.to.String(), "--n", "1", "--warmup", "0"); err == nil {
+			if _, err := runTool(b, c.pod, proxyUID, bin, otherCPU(), "connect", "--to", c.to.String(), "--n", "1", "--warmup", "0"); err == nil {
 				b.Fatalf("%s: %v accepted a direct connection; it must refuse", c.name, c.to)
 			}
 		}
@@ -245,11 +252,11 @@ func BenchmarkSteering(b *testing.B) {
 	for _, c := range cases {
 		b.Logf("%s: proxy accepted %d (SO_ORIGINAL_DST = target %d, other %d, failed %d); counters %v",
 			c.name, c.accepted, c.origMatch, c.origOther, c.origErr, c.counters)
-		perRound := int64(*connects + connectWarm + 2)
+		perRound := int64(*connects + connectWarm + 3)
 		if c.accepted < perRound*int64(*rounds) {
 			b.Errorf("%s: the proxy accepted %d connections, want ≥ %d: the app's connections did not all reach the proxy", c.name, c.accepted, perRound*int64(*rounds))
 		}
-		if c.steer && c.origMatch < 2*int64(*rounds) {
+		if c.steer && c.origMatch < 3*int64(*rounds) {
 			b.Errorf("%s: SO_ORIGINAL_DST named the target for only %d connections", c.name, c.origMatch)
 		}
 		if !c.steer && c.origMatch+c.origOther != 0 {
@@ -297,18 +304,22 @@ func runCase(b *testing.B, c *benchCase, bin string) {
 	to := c.to.String()
 	var rr roundResult
 	var err error
-	if rr.connect, err = runTool(b, c.pod, appUID, bin, "connect", "--to", to, "--n", fmt.Sprint(*connects), "--warmup", fmt.Sprint(connectWarm)); err != nil {
+	if rr.connect, err = runTool(b, c.pod, appUID, bin, otherCPU(), "connect", "--to", to, "--n", fmt.Sprint(*connects), "--warmup", fmt.Sprint(connectWarm)); err != nil {
 		b.Fatalf("%s: %v", c.name, err)
 	}
-	if rr.rr, err = runTool(b, c.pod, appUID, bin, "rr", "--to", to, "--n", fmt.Sprint(*pingpong), "--warmup", fmt.Sprint(rrWarm), "--size", "64"); err != nil {
+	rrArgs := []string{"rr", "--to", to, "--n", fmt.Sprint(*pingpong), "--warmup", fmt.Sprint(rrWarm), "--size", "64"}
+	if rr.rr, err = runTool(b, c.pod, appUID, bin, otherCPU(), rrArgs...); err != nil {
 		b.Fatalf("%s: %v", c.name, err)
 	}
-	if rr.bulk, err = runTool(b, c.pod, appUID, bin, "bulk", "--to", to, "--bytes", fmt.Sprint(int64(*bulkMiB)<<20)); err != nil {
+	if rr.rrSame, err = runTool(b, c.pod, appUID, bin, proxyCPU(), rrArgs...); err != nil {
 		b.Fatalf("%s: %v", c.name, err)
 	}
-	want := before.Accepted + int64(*connects+connectWarm+2)
+	if rr.bulk, err = runTool(b, c.pod, appUID, bin, otherCPU(), "bulk", "--to", to, "--bytes", fmt.Sprint(int64(*bulkMiB)<<20)); err != nil {
+		b.Fatalf("%s: %v", c.name, err)
+	}
+	want := before.Accepted + int64(*connects+connectWarm+3)
 	after := c.proxy.waitAccepted(b, want)
-	c.eagain += rr.connect.EAGAIN + rr.rr.EAGAIN + rr.bulk.EAGAIN
+	c.eagain += rr.connect.EAGAIN + rr.rr.EAGAIN + rr.rrSame.EAGAIN + rr.bulk.EAGAIN
 	c.accepted += after.Accepted - before.Accepted
 	c.origMatch += after.OrigMatch - before.OrigMatch
 	c.origOther += after.OrigOther - before.OrigOther
@@ -363,8 +374,8 @@ func markdown(cases []*benchCase) string {
 		time.Now().UTC().Format("2006-01-02 15:04 UTC"), n, *connects, connectWarm, *pingpong, rrWarm, *bulkMiB)
 	fmt.Fprintf(&sb, "Reproduce: `%s`\n\n", reproduceCmd)
 	fmt.Fprintf(&sb, "Each cell: median over the %d rounds of that round's figure (min – max across rounds).\n\n", n)
-	sb.WriteString("| case | connect() p50 (ns) | connect() p99 (ns) | added to connect() p50 vs none (ns) | req/resp p50 (µs) | req/resp p99 (µs) | bulk app→proxy→app (MB/s) | bulk vs none |\n")
-	sb.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	sb.WriteString("| case | connect() p50 (ns) | connect() p99 (ns) | added to connect() p50 vs none (ns) | req/resp p50 (µs), app on another CPU | req/resp p99 (µs), another CPU | req/resp p50 (µs), app on the proxy's CPU | req/resp p99 (µs), proxy's CPU | bulk app→proxy→app (MB/s) | bulk vs none |\n")
+	sb.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, c := range cases {
 		// Paired per round: case and none ran in the same round.
 		added := make([]roundResult, n)
@@ -379,16 +390,20 @@ func markdown(cases []*benchCase) string {
 			addedS = stats(added, func(r roundResult) float64 { return float64(r.connect.P50Ns) }).format(0)
 			ratioS = stats(ratio, func(r roundResult) float64 { return r.bulk.MBps }).format(2)
 		}
-		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", c.name,
+		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", c.name,
 			stats(c.rounds, func(r roundResult) float64 { return float64(r.connect.P50Ns) }).format(0),
 			stats(c.rounds, func(r roundResult) float64 { return float64(r.connect.P99Ns) }).format(0),
 			addedS,
 			stats(c.rounds, func(r roundResult) float64 { return float64(r.rr.P50Ns) / 1e3 }).format(1),
 			stats(c.rounds, func(r roundResult) float64 { return float64(r.rr.P99Ns) / 1e3 }).format(1),
+			stats(c.rounds, func(r roundResult) float64 { return float64(r.rrSame.P50Ns) / 1e3 }).format(1),
+			stats(c.rounds, func(r roundResult) float64 { return float64(r.rrSame.P99Ns) / 1e3 }).format(1),
 			stats(c.rounds, func(r roundResult) float64 { return r.bulk.MBps }).format(0),
 			ratioS)
 	}
 	sb.WriteString(`
+Placement: the proxy is pinned (taskset) to CPU ` + proxyCPU() + `; the app runs pinned to CPU ` + otherCPU() + ` for connect() and bulk, and on each CPU in turn for req/resp. Without pinning, req/resp latency swung between about 6 and 60 µs from one run to the next depending on where the scheduler put the two processes.
+
 Cases (IPv4; the app is ` + "`steerbench`" + ` running inside the pod as uid 1000, the proxy is ` + "`steerbench proxy`" + `, an echo server on 127.0.0.1:4140 in the same pod as uid 2102 that reads SO_ORIGINAL_DST for each connection and echoes through a plain read/write loop):
 
 - **none**: the app connects to 127.0.0.1:4140 itself. The pod is not enrolled and sits on a node whose agent runs in iptables mode, so no Sluice BPF program and no NAT rule sees it.
@@ -399,7 +414,7 @@ Cases (IPv4; the app is ` + "`steerbench`" + ` running inside the pod as uid 100
 Figures:
 
 - **connect()**: wall time of the blocking connect(2) syscall of a fresh socket (timed with the monotonic clock around the call), each socket closed with SO_LINGER 0. "Added to connect()" is the case's p50 minus none's p50 of the same round; its median and range are over rounds.
-- **req/resp**: one connection, TCP_NODELAY, write 64 bytes and read the 64-byte echo, timed per ping-pong from the app (blocking syscalls).
+- **req/resp**: one connection, TCP_NODELAY, write 64 bytes and read the 64-byte echo, timed per ping-pong from the app (blocking syscalls). Measured twice per round: with the app pinned to another CPU than the proxy (every ping-pong then includes a cross-CPU wakeup, which on this VM costs tens of µs and dominates), and with the app pinned to the proxy's CPU (no cross-CPU wakeup: the path's own cost).
 - **bulk**: one connection; one thread writes the bytes in 64 KiB writes while another reads the echo; payload MB (10^6 bytes) in one direction divided by the time from the first write to the last byte read. Each byte crosses app→proxy and proxy→app.
 
 Evidence checked by the benchmark (it fails otherwise): a direct connection to each steered case's target is refused (tried as the proxy's uid, which is never steered), every connection of the app reached the proxy, SO_ORIGINAL_DST named the target on steered connections, the eBPF agent's ` + "`steered_outbound_ipv4`" + ` counter moved by at least the number of connections in both eBPF cases, and ` + "`redirect_ok`" + ` moved in ebpf+sk_msg and not at all in ebpf.
@@ -410,8 +425,13 @@ from the concurrent writer of the bulk test); steerbench retries such reads and 
 using non-blocking sockets (Go, epoll loops) do not notice; a blocking-socket application that treats EAGAIN as
 an error would.
 
+TCP_MAXSEG of the bulk connection is listed because it differs between cases: under iptables the socket's route is
+chosen for the original destination (the pod network's veth, MTU 1500) before the nat OUTPUT rule redirects the SYN
+to loopback, so the connection keeps an MSS of about 1448 instead of loopback's 65483. Bulk figures across cases
+therefore compare different segment sizes, not only different steering.
+
 `)
-	sb.WriteString("| case | connections accepted by the proxy | SO_ORIGINAL_DST = target | failed | app's blocking reads that returned EAGAIN | eBPF counters moved during the case |\n|---|---:|---:|---:|---:|---|\n")
+	sb.WriteString("| case | connections accepted by the proxy | SO_ORIGINAL_DST = target | failed | app's blocking reads that returned EAGAIN | bulk socket's TCP_MAXSEG | eBPF counters moved during the case |\n|---|---:|---:|---:|---:|---:|---|\n")
 	for _, c := range cases {
 		var ks []string
 		for k := range c.counters {
@@ -426,7 +446,15 @@ an error would.
 		if c.agent == nil {
 			cs = "— (no BPF programs on this node)"
 		}
-		fmt.Fprintf(&sb, "| %s | %d | %d | %d | %d | %s |\n", c.name, c.accepted, c.origMatch, c.origErr, c.eagain, cs)
+		mss := map[int]bool{}
+		var msss []string
+		for _, r := range c.rounds {
+			if !mss[r.bulk.MSS] {
+				mss[r.bulk.MSS] = true
+				msss = append(msss, fmt.Sprint(r.bulk.MSS))
+			}
+		}
+		fmt.Fprintf(&sb, "| %s | %d | %d | %d | %d | %s | %s |\n", c.name, c.accepted, c.origMatch, c.origErr, c.eagain, strings.Join(msss, ", "), cs)
 	}
 	return sb.String()
 }

@@ -40,6 +40,8 @@ type Result struct {
 	Bytes   int64   `json:"bytes,omitempty"`
 	Seconds float64 `json:"seconds,omitempty"`
 	MBps    float64 `json:"mb_per_s,omitempty"`
+	// MSS is the bulk socket's TCP_MAXSEG after the transfer.
+	MSS int `json:"mss,omitempty"`
 	// SpuriousEAGAIN counts reads of a blocking socket that failed with
 	// EAGAIN and were retried. The kernel's sockmap receive path
 	// (tcp_bpf_recvmsg) returns EAGAIN on a blocking socket when its wait is
@@ -289,6 +291,7 @@ func benchBulk(dst netip.AddrPort, total int64, chunk int, res *Result) error {
 		return err
 	}
 	res.Bytes = got
+	res.MSS, _ = unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_MAXSEG)
 	res.MBps = float64(got) / 1e6 / res.Seconds
 	return nil
 }
