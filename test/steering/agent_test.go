@@ -1,0 +1,243 @@
+package steering
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/sluice-mesh/sluice/agent/api"
+	"github.com/sluice-mesh/sluice/test/agenttest"
+	"github.com/sluice-mesh/sluice/test/netns"
+)
+
+// `sluice-agent uninstall` leaves the pin root gone and no Sluice program
+// attached: not at the node's cgroup, not in an enrolled pod's netns.
+func TestUninstall(t *testing.T) {
+	f := newFixture(t, agenttest.Options{})
+	a := f.node.AddPod(t, "a", netns.PodOptions{})
+	f.agent.Enroll(t, a, api.PodConfig{})
+	st, err := f.agent.Client.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []ebpf.ProgramID
+	for _, p := range st.Programs {
+		if p.ID == 0 {
+			t.Fatalf("program %s has no id", p.Name)
+		}
+		ids = append(ids, ebpf.ProgramID(p.ID))
+	}
+	if !contains(st.Pins, "links/netns/") {
+		t.Fatalf("no netns link pinned: %v", st.Pins)
+	}
+
+	// Refused while the agent runs.
+	out, err := exec.Command(f.agent.Bin, "uninstall", "--pin-root", f.agent.PinRoot, "--state-dir", f.agent.StateDir).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "locked") {
+		t.Fatalf("uninstall with the agent running: %v %s, want a refusal naming the lock", err, out)
+	}
+
+	f.agent.Kill()
+	out, err = exec.Command(f.agent.Bin, "uninstall", "--pin-root", f.agent.PinRoot, "--state-dir", f.agent.StateDir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(f.agent.PinRoot); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s still exists: %v", f.agent.PinRoot, err)
+	}
+	for _, id := range ids {
+		if p, err := ebpf.NewProgramFromID(id); err == nil {
+			info, _ := p.Info()
+			p.Close()
+			t.Errorf("program %d (%s) still loaded after uninstall", id, info.Name)
+		}
+	}
+	cg, err := os.Open(f.node.CgroupPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	for _, at := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect, ebpf.AttachCGroupSockOps,
+		ebpf.AttachCGroupGetsockopt, ebpf.AttachCgroupInet4GetPeername, ebpf.AttachCgroupInet6GetPeername} {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: int(cg.Fd()), Attach: at})
+		if err != nil {
+			t.Fatalf("query %s: %v", at, err)
+		}
+		if len(res.Programs) != 0 {
+			t.Errorf("%s: %d programs still attached to the node cgroup", at, len(res.Programs))
+		}
+	}
+	ns, err := os.Open(a.NetNSPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(ns.Fd()), Attach: ebpf.AttachSkLookup})
+	if err != nil {
+		t.Fatalf("query sk_lookup: %v", err)
+	}
+	if len(res.Programs) != 0 {
+		t.Errorf("%d sk_lookup programs still attached to the pod's netns", len(res.Programs))
+	}
+	if _, err := os.Stat(filepath.Join(f.agent.StateDir, "enrollments.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("enrollment record left behind: %v", err)
+	}
+}
+
+// iptables mode: uninstall removes the rules of every enrolled pod.
+func TestUninstallIPTables(t *testing.T) {
+	f := newFixture(t, agenttest.Options{Mode: api.ModeIPTables})
+	a := f.node.AddPod(t, "a", netns.PodOptions{})
+	f.agent.Enroll(t, a, api.PodConfig{})
+	f.agent.Kill9()
+	out, err := exec.Command(f.agent.Bin, "uninstall", "--pin-root", f.agent.PinRoot, "--state-dir", f.agent.StateDir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "removed iptables rules of 1 pods") {
+		t.Errorf("uninstall output: %s", out)
+	}
+	assertNoRules(t, a)
+}
+
+// Bad input gets a clear error and changes nothing else.
+func TestBadInput(t *testing.T) {
+	f := newFixture(t, agenttest.Options{MaxPods: 2})
+	a := f.node.AddPod(t, "a", netns.PodOptions{})
+	b := f.node.AddPod(t, "b", netns.PodOptions{})
+	c := f.node.AddPod(t, "c", netns.PodOptions{})
+	d := f.node.AddPod(t, "d", netns.PodOptions{})
+	f.agent.Enroll(t, a, api.PodConfig{})
+	proxy := f.proxy(t, a, "echo")
+	f.server(t, d, ":9000", "sha256")
+	ctx := context.Background()
+	before, err := f.agent.Client.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counters := f.agent.Counters(t)
+
+	post := func(body string) (int, string) {
+		t.Helper()
+		hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", f.agent.Socket)
+		}}}
+		resp, err := hc.Post("http://agent/v1/enrollments", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var e api.Error
+		var buf bytes.Buffer
+		_, _ = buf.ReadFrom(resp.Body)
+		_ = json.Unmarshal(buf.Bytes(), &e)
+		return resp.StatusCode, e.Error
+	}
+	cases := []struct {
+		name, body string
+		code       int
+		errHas     string
+	}{
+		{"missing netns", `{"netns":"/run/netns/does-not-exist"}`, 400, "does not exist"},
+		{"not a netns", `{"netns":"/etc/hostname"}`, 400, "not a namespace"},
+		{"host netns", `{"netns":"/proc/self/ns/net"}`, 400, "host network namespace"},
+		{"duplicate pod", `{"netns":"` + a.NetNSPath() + `"}`, 409, "already enrolled"},
+		{"out-of-range port", `{"netns":"` + b.NetNSPath() + `","config":{"skipOutboundPorts":["70000"]}}`, 400, "out of range"},
+		{"out-of-range proxy port", `{"netns":"` + b.NetNSPath() + `","config":{"inboundPort":70000}}`, 400, "decode"},
+		{"reversed range", `{"netns":"` + b.NetNSPath() + `","config":{"skipInboundPorts":["90-80"]}}`, 400, "above"},
+		{"netns and pid", `{"netns":"` + b.NetNSPath() + `","pid":1}`, 400, "not both"},
+		{"unknown field", `{"netns":"` + b.NetNSPath() + `","bogus":1}`, 400, "unknown field"},
+		{"malformed JSON", `{"netns":`, 400, "decode"},
+		{"too many subnets", `{"netns":"` + b.NetNSPath() + `","config":{"skipSubnets":["10.0.0.0/8","10.1.0.0/16","10.2.0.0/16","10.3.0.0/16","10.4.0.0/16","10.5.0.0/16","10.6.0.0/16","10.7.0.0/16","10.8.0.0/16"]}}`, 400, "at most 8"},
+		{"address of another pod", `{"netns":"` + b.NetNSPath() + `","addresses":["` + a.IPv4().String() + `"]}`, 409, "belongs to"},
+	}
+	for _, tc := range cases {
+		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
+			code, msg := post(tc.body)
+			if code != tc.code || !strings.Contains(msg, tc.errHas) {
+				t.Errorf("got %d %q, want %d with %q", code, msg, tc.code, tc.errHas)
+			}
+		})
+	}
+
+	// A full map: max-pods 2, a and b fit, c does not.
+	f.agent.Enroll(t, b, api.PodConfig{})
+	if _, err := f.agent.Client.Enroll(ctx, api.EnrollRequest{NetNS: c.NetNSPath()}); err == nil || !strings.Contains(err.Error(), "full") {
+		t.Errorf("enrolling into a full map: %v, want an error saying it is full", err)
+	} else if se := (*api.StatusError)(nil); !errors.As(err, &se) || se.Code != http.StatusInsufficientStorage {
+		t.Errorf("full map answered %v, want 507", err)
+	}
+
+	// Nothing else changed: a is enrolled as before and still steered.
+	after, err := f.agent.Client.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != len(before)+1 || after[0].NetNSCookie != before[0].NetNSCookie && after[1].NetNSCookie != before[0].NetNSCookie {
+		t.Errorf("enrollments changed: before %+v after %+v", before, after)
+	}
+	res := dial(t, a.Command(appUID, f.peer, dialArgs(ap(d.IPv4(), 9000), 100)...))
+	if ev := proxy.next(t); ev.Listener != "outbound" {
+		t.Errorf("pod a no longer steered after bad input: %+v %+v", ev, res)
+	}
+	if got := f.agent.Counters(t)["steered_outbound_ipv4"]; got <= counters["steered_outbound_ipv4"] {
+		t.Errorf("steering counter did not move after bad input")
+	}
+}
+
+// meshctl check --ebpf passes with the agent running and fails with a named
+// check when it is stopped.
+func TestMeshctlCheckEBPF(t *testing.T) {
+	f := newFixture(t, agenttest.Options{})
+	meshctl := netns.BuildTool(t, "./cli/cmd/meshctl")
+	out, err := exec.Command(meshctl, "check", "--ebpf", "--agent-socket", f.agent.Socket).CombinedOutput()
+	if err != nil {
+		t.Fatalf("check with the agent running: %v\n%s", err, out)
+	}
+	for _, want := range []string{"✔ agent is reachable", "✔ programs are attached", "✔ pins are present", "Status check results are ✔"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	jout, err := exec.Command(meshctl, "check", "--ebpf", "-o", "json", "--agent-socket", f.agent.Socket).Output()
+	if err != nil {
+		t.Fatalf("check -o json: %v", err)
+	}
+	var res struct {
+		Success bool `json:"success"`
+	}
+	if err := json.Unmarshal(jout, &res); err != nil || !res.Success {
+		t.Errorf("json: %v %s", err, jout)
+	}
+
+	f.agent.Kill()
+	out, err = exec.Command(meshctl, "check", "--ebpf", "--agent-socket", f.agent.Socket).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+		t.Fatalf("check with the agent stopped exited %v, want non-zero\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "× agent is reachable") || !strings.Contains(string(out), "hint:") {
+		t.Errorf("output does not name the failed check with a hint:\n%s", out)
+	}
+}
+
+func contains(list []string, prefix string) bool {
+	for _, s := range list {
+		if strings.HasPrefix(s, prefix) {
+			return true
+		}
+	}
+	return false
+}
