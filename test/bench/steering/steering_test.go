@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -286,6 +287,9 @@ func BenchmarkSteering(b *testing.B) {
 		b.ReportMetric(median(c.rounds, func(r roundResult) float64 { return r.bulk.MBps }), c.name+"-bulk-MB/s")
 	}
 	if *report {
+		if err := os.MkdirAll(filepath.Dir(reportFile), 0o755); err != nil {
+			b.Fatalf("write report: %v", err)
+		}
 		if err := os.WriteFile(reportFile, []byte(md), 0o644); err != nil {
 			b.Fatalf("write report: %v", err)
 		}
