@@ -223,7 +223,7 @@ type EnrollRequest struct {
 	// PID is a process in the pod; its /proc/PID/ns/net is used.
 	PID int `json:"pid,omitempty"`
 	// Pod is informational: it is listed with the enrollment.
-	Pod PodRef `json:"pod,omitempty"`
+	Pod PodRef `json:"pod,omitzero"`
 	// Addresses are the pod's IPs for inbound steering; when empty the agent
 	// reads the global unicast addresses of the namespace's interfaces.
 	Addresses []netip.Addr `json:"addresses,omitempty"`
@@ -237,7 +237,7 @@ type Enrollment struct {
 	NetNSCookie uint64 `json:"netnsCookie"`
 	// NetNS is the path the pod was enrolled by.
 	NetNS     string       `json:"netns"`
-	Pod       PodRef       `json:"pod,omitempty"`
+	Pod       PodRef       `json:"pod,omitzero"`
 	Mode      Mode         `json:"mode"`
 	Addresses []netip.Addr `json:"addresses"`
 	Config    PodConfig    `json:"config"`
