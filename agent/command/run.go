@@ -165,7 +165,7 @@ func (o *runOptions) run(cmd *cobra.Command) error {
 		}
 		st, err := loader.Load(loader.Config{
 			PinRoot: o.pinRoot, CgroupRoot: cg, Logger: log,
-			Options: bpf.Options{SockopsNetnsCookie: rep.Has(probe.SockopsNetnsCookie), Redirect: a.redirect, GetPeerName: rep.Has(probe.SockAddrStorage), MaxPods: o.maxPods},
+			Options: bpf.Options{SockopsNetnsCookie: rep.Has(probe.SockopsNetnsCookie), Redirect: a.redirect, GetPeerName: rep.Has(probe.SockAddrStorage) && rep.Has(probe.GetPeerName), MaxPods: o.maxPods},
 		})
 		if err != nil {
 			return err

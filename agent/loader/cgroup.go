@@ -3,6 +3,7 @@ package loader
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 )
@@ -15,7 +16,11 @@ func FindCgroup2() (string, error) {
 		return "", fmt.Errorf("find cgroup v2: %w", err)
 	}
 	defer f.Close()
-	sc := bufio.NewScanner(f)
+	return findCgroup2(f)
+}
+
+func findCgroup2(r io.Reader) (string, error) {
+	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		// id parent major:minor root mountpoint opts [optional...] - fstype source superopts
 		fields := strings.Fields(sc.Text())

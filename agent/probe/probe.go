@@ -34,6 +34,21 @@ func mapType(mt ebpf.MapType) func() error {
 	return func() error { return features.HaveMapType(mt) }
 }
 
+// attachType loads a program that returns 1 with an expected attach type:
+// the kernel refuses attach types it does not know.
+func attachType(pt ebpf.ProgramType, at ebpf.AttachType) func() error {
+	return func() error {
+		p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+			Type: pt, AttachType: at, License: "Dual BSD/GPL",
+			Instructions: asm.Instructions{asm.LoadImm(asm.R0, 1, asm.DWord), asm.Return()},
+		})
+		if err != nil {
+			return fmt.Errorf("load %s program for %s: %w", pt, at, err)
+		}
+		return p.Close()
+	}
+}
+
 func helper(pt ebpf.ProgramType, fn asm.BuiltinFunc) func() error {
 	return func() error { return features.HaveProgramHelper(pt, fn) }
 }
@@ -44,6 +59,7 @@ const (
 	SkMsgNetnsCookie   = "bpf_get_netns_cookie in sk_msg"
 	SkMsgStorage       = "bpf_sk_storage_get in sk_msg"
 	SockAddrStorage    = "bpf_sk_storage_get in cgroup/connect (getpeername restore)"
+	GetPeerName        = "attach types cgroup/getpeername4 and getpeername6"
 )
 
 // all lists the features in the order they are reported. Minimum kernels
@@ -54,6 +70,10 @@ var all = []feature{
 	{"BPF_PROG_TYPE_SK_MSG", "4.17", true, progType(ebpf.SkMsg)},
 	{"BPF_PROG_TYPE_CGROUP_SOCKOPT (getsockopt)", "5.3", true, progType(ebpf.CGroupSockopt)},
 	{"BPF_PROG_TYPE_SK_LOOKUP", "5.9", true, progType(ebpf.SkLookup)},
+	{"attach type cgroup/connect4", "4.17", true, attachType(ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect)},
+	{"attach type cgroup/connect6", "4.17", true, attachType(ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Connect)},
+	{"attach type cgroup/getsockopt", "5.3", true, attachType(ebpf.CGroupSockopt, ebpf.AttachCGroupGetsockopt)},
+	{"attach type sk_lookup", "5.9", true, attachType(ebpf.SkLookup, ebpf.AttachSkLookup)},
 	{"BPF_MAP_TYPE_SOCKMAP", "4.14", true, mapType(ebpf.SockMap)},
 	{"BPF_MAP_TYPE_SOCKHASH", "4.18", true, mapType(ebpf.SockHash)},
 	{"BPF_MAP_TYPE_SK_STORAGE", "5.2", true, mapType(ebpf.SkStorage)},
@@ -74,6 +94,10 @@ var all = []feature{
 	{SkMsgNetnsCookie, "5.15", false, helper(ebpf.SkMsg, asm.FnGetNetnsCookie)},
 	{SkMsgStorage, "5.15", false, helper(ebpf.SkMsg, asm.FnSkStorageGet)},
 	{SockAddrStorage, "5.8", false, helper(ebpf.CGroupSockAddr, asm.FnSkStorageGet)},
+	{GetPeerName, "5.8", false, func() error {
+		return errors.Join(attachType(ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername)(),
+			attachType(ebpf.CGroupSockAddr, ebpf.AttachCgroupInet6GetPeername)())
+	}},
 }
 
 func haveNetnsCookieSockopt() error {
@@ -99,9 +123,11 @@ type Report struct {
 }
 
 // Run probes every feature.
-func Run() Report {
+func Run() Report { return run(all) }
+
+func run(features []feature) Report {
 	var r Report
-	for _, f := range all {
+	for _, f := range features {
 		err := f.check()
 		af := api.Feature{Name: f.name, MinKernel: f.minKernel, Required: f.required, OK: err == nil}
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -240,4 +241,50 @@ func contains(list []string, prefix string) bool {
 		}
 	}
 	return false
+}
+
+// Enrolling by pid through the agent's CLI steers the pod whose process it
+// is; enrolling the same pod by path is then a conflict; unenroll by netns.
+func TestEnrollByPIDWithCLI(t *testing.T) {
+	f := newFixture(t, agenttest.Options{})
+	a := f.node.AddPod(t, "a", netns.PodOptions{})
+	b := f.node.AddPod(t, "b", netns.PodOptions{})
+	proxy := f.proxy(t, a, "echo")
+	f.server(t, b, ":9000", "sha256")
+	pid := proxy.cmd.Process.Pid
+	cli := func(args ...string) (string, error) {
+		out, err := exec.Command(f.agent.Bin, append(args, "--socket", f.agent.Socket)...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := cli("enroll", "--pid", fmt.Sprint(pid), "--pod", "test/a", "--skip-outbound-ports", "9001", "-o", "json")
+	if err != nil {
+		t.Fatalf("enroll --pid: %v\n%s", err, out)
+	}
+	var ens []api.Enrollment
+	if err := json.Unmarshal([]byte(out), &ens); err != nil || len(ens) != 1 {
+		t.Fatalf("enroll output: %v %s", err, out)
+	}
+	if ens[0].NetNS != fmt.Sprintf("/proc/%d/ns/net", pid) || ens[0].Pod.Name != "a" || len(ens[0].Addresses) != 2 {
+		t.Errorf("enrollment: %+v", ens[0])
+	}
+	if out, err := cli("enroll", "--netns", a.NetNSPath()); err == nil || !strings.Contains(out, "already enrolled") {
+		t.Errorf("enrolling the same pod by path: %v %s", err, out)
+	}
+	if out, err := cli("enroll", "--netns", a.NetNSPath(), "--skip-outbound-ports", "99999"); err == nil || !strings.Contains(out, "out of range") {
+		t.Errorf("bad flag value: %v %s", err, out)
+	}
+	dial(t, a.Command(appUID, f.peer, dialArgs(ap(b.IPv4(), 9000), 100)...))
+	if ev := proxy.next(t); ev.Listener != "outbound" {
+		t.Fatalf("not steered after enroll --pid: %+v", ev)
+	}
+	out, err = cli("list")
+	if err != nil || !strings.Contains(out, "test/a") {
+		t.Errorf("list: %v\n%s", err, out)
+	}
+	if out, err := cli("unenroll", "--netns", ens[0].NetNS); err != nil {
+		t.Fatalf("unenroll --netns: %v %s", err, out)
+	}
+	if out, _ := cli("list", "-o", "json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("list after unenroll: %s", out)
+	}
 }
