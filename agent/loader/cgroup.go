@@ -1,37 +1,24 @@
 package loader
 
 import (
-	"bufio"
 	"fmt"
-	"io"
-	"os"
-	"strings"
+
+	"github.com/sluice-mesh/sluice/internal/mountinfo"
 )
 
 // FindCgroup2 returns the mount point of the cgroup v2 hierarchy, on unified
 // (/sys/fs/cgroup) and hybrid (/sys/fs/cgroup/unified) layouts alike.
 func FindCgroup2() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	ms, err := mountinfo.Self()
 	if err != nil {
 		return "", fmt.Errorf("find cgroup v2: %w", err)
 	}
-	defer f.Close()
-	return findCgroup2(f)
+	return findCgroup2(ms)
 }
 
-func findCgroup2(r io.Reader) (string, error) {
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		// id parent major:minor root mountpoint opts [optional...] - fstype source superopts
-		fields := strings.Fields(sc.Text())
-		for i, fld := range fields {
-			if fld == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 {
-				return fields[4], nil
-			}
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return "", fmt.Errorf("find cgroup v2: %w", err)
+func findCgroup2(ms []mountinfo.Mount) (string, error) {
+	if m, ok := mountinfo.FirstOfType(ms, "cgroup2"); ok {
+		return m.Point, nil
 	}
 	return "", fmt.Errorf("find cgroup v2: no cgroup2 filesystem is mounted (mount -t cgroup2 none /sys/fs/cgroup/unified)")
 }

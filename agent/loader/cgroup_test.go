@@ -1,6 +1,8 @@
 package loader
 
 import (
+	"github.com/sluice-mesh/sluice/internal/mountinfo"
+
 	"strings"
 	"testing"
 )
@@ -16,7 +18,11 @@ func TestFindCgroup2(t *testing.T) {
 		{"v1 only", "27 25 0:24 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n", ""},
 	}
 	for _, tc := range tests {
-		got, err := findCgroup2(strings.NewReader(tc.mountinfo))
+		ms, err := mountinfo.Parse(strings.NewReader(tc.mountinfo))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := findCgroup2(ms)
 		if tc.want == "" {
 			if err == nil || !strings.Contains(err.Error(), "no cgroup2") {
 				t.Errorf("%s: got %q %v, want an error", tc.name, got, err)

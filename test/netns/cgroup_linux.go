@@ -1,7 +1,8 @@
 package netns
 
 import (
-	"bufio"
+	"github.com/sluice-mesh/sluice/internal/mountinfo"
+
 	"bytes"
 	"errors"
 	"fmt"
@@ -9,70 +10,26 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 )
 
 var cgroup2Mount = sync.OnceValues(func() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	ms, err := mountinfo.Self()
 	if err != nil {
 		return "", fmt.Errorf("find cgroup2 mount: %w", err)
 	}
-	defer f.Close()
-	return parseCgroup2Mount(f)
+	if m, ok := mountinfo.FirstOfType(ms, "cgroup2"); ok {
+		return m.Point, nil
+	}
+	return "", errors.New("find cgroup2 mount: no cgroup2 file system mounted")
 })
 
 // Cgroup2Mount returns the mount point of the cgroup v2 hierarchy (for example
 // /sys/fs/cgroup on a unified host, /sys/fs/cgroup/unified on a hybrid one), found
 // by parsing /proc/self/mountinfo for a mount of file system type cgroup2.
 func Cgroup2Mount() (string, error) { return cgroup2Mount() }
-
-func parseCgroup2Mount(f *os.File) (string, error) {
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
-	for sc.Scan() {
-		// id parent major:minor root mountpoint options [optional...] - fstype source superopts
-		fields := strings.Fields(sc.Text())
-		sep := -1
-		for i, f := range fields {
-			if f == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 5 || sep+1 >= len(fields) {
-			continue
-		}
-		if fields[sep+1] == "cgroup2" {
-			return unescapeMountinfo(fields[4]), nil
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return "", fmt.Errorf("find cgroup2 mount: %w", err)
-	}
-	return "", errors.New("find cgroup2 mount: no cgroup2 file system mounted")
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space) of mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
 
 // killCgroup kills every process in the cgroup dir and its descendants and waits
 // until none is left. It uses cgroup.kill (Linux 5.14) when present and otherwise

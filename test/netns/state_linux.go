@@ -1,6 +1,8 @@
 package netns
 
 import (
+	"github.com/sluice-mesh/sluice/internal/mountinfo"
+
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -288,15 +290,10 @@ func ensurePrivateMount(dir string) error {
 
 // isMountPoint reports whether dir is a mount point in this mount namespace.
 func isMountPoint(dir string) (bool, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	ms, err := mountinfo.Self()
 	if err != nil {
 		return false, err
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) > 4 && unescapeMountinfo(f[4]) == dir {
-			return true, nil
-		}
-	}
-	return false, nil
+	_, ok := mountinfo.At(ms, dir)
+	return ok, nil
 }

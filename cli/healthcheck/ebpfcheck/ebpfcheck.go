@@ -6,6 +6,8 @@
 package ebpfcheck
 
 import (
+	"github.com/sluice-mesh/sluice/internal/mountinfo"
+
 	"context"
 	"errors"
 	"fmt"
@@ -117,7 +119,7 @@ func kernelCheckers(h Host) []healthcheck.Checker {
 				if err != nil {
 					return err
 				}
-				m, ok := mountAt(ms, bpffsPath)
+				m, ok := mountinfo.At(ms, bpffsPath)
 				if !ok {
 					return fmt.Errorf("nothing is mounted at %s", bpffsPath)
 				}
@@ -157,7 +159,7 @@ func cgroup2Mount(ms []mount) (string, error) {
 	for i, m := range ms {
 		switch m.FSType {
 		case "cgroup2":
-			if top, _ := mountAt(ms[i:], m.Point); top.FSType == "cgroup2" {
+			if top, _ := mountinfo.At(ms[i:], m.Point); top.FSType == "cgroup2" {
 				return m.Point, nil
 			}
 		case "cgroup":

@@ -1,6 +1,8 @@
 package ebpfcheck
 
 import (
+	"github.com/sluice-mesh/sluice/internal/mountinfo"
+
 	"context"
 	"errors"
 	"os"
@@ -218,15 +220,15 @@ func TestParseMountInfo(t *testing.T) {
 	in := `36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 shared:2 - ext3 /dev/root rw,errors=continue
 37 35 0:50 / /mnt/with\040space rw - tmpfs none rw
 `
-	ms, err := parseMountInfo(strings.NewReader(in))
+	ms, err := mountinfo.Parse(strings.NewReader(in))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []mount{{"/mnt2", "ext3"}, {"/mnt/with space", "tmpfs"}}
+	want := []mount{{Point: "/mnt2", FSType: "ext3"}, {Point: "/mnt/with space", FSType: "tmpfs"}}
 	if len(ms) != len(want) || ms[0] != want[0] || ms[1] != want[1] {
 		t.Errorf("parseMountInfo = %+v, want %+v", ms, want)
 	}
-	if _, err := parseMountInfo(strings.NewReader("1 2 3 / /x rw no-separator\n")); err == nil {
+	if _, err := mountinfo.Parse(strings.NewReader("1 2 3 / /x rw no-separator\n")); err == nil {
 		t.Error("parseMountInfo accepted a line without separator")
 	}
 }
