@@ -217,9 +217,7 @@ func (o *runOptions) run(cmd *cobra.Command) error {
 			log.Info("stopping; programs stay attached")
 			return nil
 		case <-tick.C:
-			if a.state != nil {
-				m.AdoptListeners()
-			}
+			m.Reconcile(ctx)
 		}
 	}
 }

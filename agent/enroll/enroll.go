@@ -350,12 +350,32 @@ func (m *Manager) hasListener(r *record) bool {
 	return false
 }
 
-// AdoptListeners looks for the inbound listener of every eBPF enrollment
-// that lacks one (a proxy that started after enrollment, or restarted).
-func (m *Manager) AdoptListeners() {
+// Reconcile looks for the inbound listener of every eBPF enrollment that
+// lacks one (a proxy that started after enrollment, or restarted), and
+// unenrolls pods whose network namespace no longer exists, so a pod deleted
+// without an unenroll leaks no map entry, slot or pin.
+func (m *Manager) Reconcile(ctx context.Context) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, r := range m.ens {
+	changed := false
+	for c, r := range m.ens {
+		if m.gone(r) {
+			m.log.Info("network namespace gone; unenrolling", "netns", r.NetNS, "cookie", c)
+			var err error
+			switch r.Mode {
+			case api.ModeEBPF:
+				err = m.unenrollEBPF(r)
+			case api.ModeIPTables:
+				// The rules died with the namespace.
+			}
+			if err != nil {
+				m.log.Warn("unenroll gone pod", "cookie", c, "err", err)
+				continue
+			}
+			delete(m.ens, c)
+			changed = true
+			continue
+		}
 		if r.Mode != api.ModeEBPF || m.hasListener(r) {
 			continue
 		}
@@ -366,11 +386,39 @@ func (m *Manager) AdoptListeners() {
 		m.adoptListener(ns, r)
 		ns.Close()
 	}
+	if changed {
+		if err := m.save(); err != nil {
+			m.log.Error("save state", "err", err)
+		}
+	}
 }
 
+// gone reports whether the enrollment's network namespace is destroyed.
+func (m *Manager) gone(r *record) bool {
+	switch r.Mode {
+	case api.ModeEBPF:
+		return m.cfg.State != nil && !m.cfg.State.NetNsAlive(r.NetNSCookie)
+	case api.ModeIPTables:
+		if _, err := os.Stat(r.NetNS); err == nil {
+			return false
+		}
+		return r.Ino == 0 || podns.FindByIno(r.Ino) == ""
+	}
+	return false
+}
+
+// reopen opens the enrollment's namespace by its path or, when that path is
+// gone (the process enrolled by pid exited), through another process in it.
 func (m *Manager) reopen(r *record) (*podns.NS, error) {
-	if r.NetNS != "" {
-		if ns, err := podns.Open(r.NetNS); err == nil && ns.Cookie == r.NetNSCookie {
+	paths := []string{r.NetNS}
+	if r.Ino != 0 {
+		paths = append(paths, podns.FindByIno(r.Ino))
+	}
+	for _, p := range paths {
+		if p == "" {
+			continue
+		}
+		if ns, err := podns.Open(p); err == nil && ns.Cookie == r.NetNSCookie {
 			return ns, nil
 		} else if err == nil {
 			ns.Close()

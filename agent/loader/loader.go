@@ -392,6 +392,23 @@ func (s *State) DetachNetNs(cookie uint64) error {
 	return nil
 }
 
+// NetNsAlive reports whether the network namespace of a pod's sk_lookup
+// link still exists: the kernel detaches the link when the namespace dies.
+// A missing link reports false.
+func (s *State) NetNsAlive(cookie uint64) bool {
+	l, err := link.LoadPinnedLink(s.netnsLinkPath(cookie), nil)
+	if err != nil {
+		return false
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return false
+	}
+	ns := info.NetNs()
+	return ns != nil && ns.NetnsInode != 0
+}
+
 // HasNetNsLink reports whether the pod's sk_lookup link is pinned.
 func (s *State) HasNetNsLink(cookie uint64) bool {
 	_, err := os.Stat(s.netnsLinkPath(cookie))

@@ -144,7 +144,18 @@ func (ns *NS) Addresses() ([]netip.Addr, error) {
 }
 
 // Pids returns the processes whose network namespace is this one.
-func (ns *NS) Pids() []int {
+func (ns *NS) Pids() []int { return pidsIn(ns.Ino, false) }
+
+// FindByIno returns a /proc path of the network namespace with inode ino,
+// through any process in it, or "" when no process is in it.
+func FindByIno(ino uint64) string {
+	if pids := pidsIn(ino, true); len(pids) > 0 {
+		return PathOf(pids[0])
+	}
+	return ""
+}
+
+func pidsIn(ino uint64, first bool) []int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
@@ -156,8 +167,11 @@ func (ns *NS) Pids() []int {
 			continue
 		}
 		var st unix.Stat_t
-		if unix.Stat(PathOf(pid), &st) == nil && st.Ino == ns.Ino {
+		if unix.Stat(PathOf(pid), &st) == nil && st.Ino == ino {
 			out = append(out, pid)
+			if first {
+				break
+			}
 		}
 	}
 	return out
