@@ -294,46 +294,43 @@ func TestEnrollByPIDWithCLI(t *testing.T) {
 // node component, a missed delete) is unenrolled by the agent: no map entry,
 // slot or pin is left behind.
 func TestGoneNetnsIsUnenrolled(t *testing.T) {
-	for _, mode := range modes {
-		t.Run(string(mode), func(t *testing.T) {
-			f := newFixture(t, agenttest.Options{Mode: mode})
-			a := f.node.AddPod(t, "a", netns.PodOptions{})
-			b := f.node.AddPod(t, "b", netns.PodOptions{})
-			enA := f.agent.Enroll(t, a, api.PodConfig{})
-			f.agent.Enroll(t, b, api.PodConfig{})
-			// Nothing runs in pod a: removing its name destroys the namespace.
-			if out, err := exec.Command("ip", "netns", "del", a.NetNSName()).CombinedOutput(); err != nil {
-				t.Fatalf("ip netns del: %v %s", err, out)
-			}
-			deadline := time.Now().Add(20 * time.Second)
-			for {
-				ens, err := f.agent.Client.List(context.Background())
-				if err != nil {
-					t.Fatal(err)
-				}
-				if len(ens) == 1 && ens[0].NetNSCookie != enA.NetNSCookie {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("gone pod still enrolled after 20s: %+v", ens)
-				}
-				time.Sleep(200 * time.Millisecond)
-			}
-			if mode != api.ModeEBPF {
-				return
-			}
-			st, err := f.agent.Client.Status(context.Background())
+	eachMode(t, func(t *testing.T, mode api.Mode, f *fixture) {
+		a := f.node.AddPod(t, "a", netns.PodOptions{})
+		b := f.node.AddPod(t, "b", netns.PodOptions{})
+		enA := f.agent.Enroll(t, a, api.PodConfig{})
+		f.agent.Enroll(t, b, api.PodConfig{})
+		// Nothing runs in pod a: removing its name destroys the namespace.
+		if out, err := exec.Command("ip", "netns", "del", a.NetNSName()).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns del: %v %s", err, out)
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			ens, err := f.agent.Client.List(context.Background())
 			if err != nil {
 				t.Fatal(err)
 			}
-			if contains(st.Pins, fmt.Sprintf("links/netns/%d", enA.NetNSCookie)) {
-				t.Errorf("link pin of the gone pod left: %v", st.Pins)
+			if len(ens) == 1 && ens[0].NetNSCookie != enA.NetNSCookie {
+				break
 			}
-			for _, m := range st.Maps {
-				if (m.Name == "pods" || m.Name == "pod_ips") && m.Entries != map[string]int{"pods": 1, "pod_ips": 2}[m.Name] {
-					t.Errorf("map %s has %d entries, want only pod b's", m.Name, m.Entries)
-				}
+			if time.Now().After(deadline) {
+				t.Fatalf("gone pod still enrolled after 20s: %+v", ens)
 			}
-		})
-	}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if mode != api.ModeEBPF {
+			return
+		}
+		st, err := f.agent.Client.Status(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if contains(st.Pins, fmt.Sprintf("links/netns/%d", enA.NetNSCookie)) {
+			t.Errorf("link pin of the gone pod left: %v", st.Pins)
+		}
+		for _, m := range st.Maps {
+			if (m.Name == "pods" || m.Name == "pod_ips") && m.Entries != map[string]int{"pods": 1, "pod_ips": 2}[m.Name] {
+				t.Errorf("map %s has %d entries, want only pod b's", m.Name, m.Entries)
+			}
+		}
+	})
 }

@@ -163,6 +163,16 @@ func (f *fixture) server(t *testing.T, pod *netns.Pod, listen, mode string) *pee
 	return startPeer(t, pod.Name()+"/server "+listen, pod.Command(appUID, f.peer, "serve", "--listen", listen, "--mode", mode))
 }
 
+// eachMode runs fn as a subtest per interception mode, each on a fresh node
+// with its own agent.
+func eachMode(t *testing.T, fn func(t *testing.T, mode api.Mode, f *fixture)) {
+	for _, mode := range []api.Mode{api.ModeEBPF, api.ModeIPTables} {
+		t.Run(string(mode), func(t *testing.T) {
+			fn(t, mode, newFixture(t, agenttest.Options{Mode: mode}))
+		})
+	}
+}
+
 // families runs fn for IPv4 and IPv6 as subtests.
 func families(t *testing.T, fn func(t *testing.T, ip func(*netns.Pod) netip.Addr)) {
 	t.Run("ipv4", func(t *testing.T) { fn(t, (*netns.Pod).IPv4) })
