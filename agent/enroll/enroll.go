@@ -431,8 +431,16 @@ func (m *Manager) reopen(r *record) (*podns.NS, error) {
 // IPv4 one in slot*2, an IPv6 one in slot*2+1, a dual-stack IPv6 one in
 // both unless an IPv4 one exists.
 func (m *Manager) adoptListener(ns *podns.NS, r *record) {
-	ls, err := ns.Listeners(r.Config.InboundPort)
-	if err != nil || len(ls) == 0 {
+	ls, err := ns.TakeListeners(r.Config.InboundPort)
+	defer func() {
+		for _, l := range ls {
+			unix.Close(l.FD) // the sockmap holds its own reference
+		}
+	}()
+	if err != nil {
+		m.log.Warn("find proxy listener", "netns", r.NetNS, "err", err)
+	}
+	if len(ls) == 0 {
 		return
 	}
 	var pc bpf.SteerPodConfig
@@ -446,26 +454,20 @@ func (m *Manager) adoptListener(ns *podns.NS, r *record) {
 		}
 	}
 	for _, l := range ls {
-		fd, err := podns.TakeFD(l.PID, l.FD)
-		if err != nil {
-			m.log.Warn("take proxy listener", "netns", r.NetNS, "err", err)
-			continue
-		}
 		idx := []uint32{pc.Slot * 2}
 		if l.Family == unix.AF_INET6 {
 			idx = []uint32{pc.Slot*2 + 1}
-			if v6only, err := unix.GetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY); err == nil && v6only == 0 && !haveV4 {
+			if v6only, err := unix.GetsockoptInt(l.FD, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY); err == nil && v6only == 0 && !haveV4 {
 				idx = append(idx, pc.Slot*2)
 			}
 		}
 		for _, i := range idx {
-			if err := m.cfg.State.Maps[bpf.MapInboundListeners].Update(i, uint64(fd), ebpf.UpdateAny); err != nil {
+			if err := m.cfg.State.Maps[bpf.MapInboundListeners].Update(i, uint64(l.FD), ebpf.UpdateAny); err != nil {
 				m.log.Warn("adopt proxy listener (an MPTCP listener cannot be used)", "netns", r.NetNS, "err", err)
 			} else {
 				m.log.Info("adopted proxy inbound listener", "netns", r.NetNS, "pid", l.PID, "index", i)
 			}
 		}
-		unix.Close(fd)
 	}
 }
 

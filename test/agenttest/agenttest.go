@@ -36,6 +36,9 @@ type Options struct {
 	NoRedirect bool
 	// MaxPods sizes the pod maps (default 1024).
 	MaxPods int
+	// Caps, when set, runs the agent as root with only these capabilities
+	// (setpriv --bounding-set), e.g. "bpf", "net_admin".
+	Caps []string
 }
 
 // Agent is a sluice-agent process for one test node.
@@ -107,6 +110,14 @@ func (a *Agent) Restart(t testing.TB) {
 		t.Fatal("agent already running")
 	}
 	cmd := exec.Command(a.Bin, a.Args()...)
+	if len(a.opts.Caps) > 0 {
+		bound := "-all"
+		for _, c := range a.opts.Caps {
+			bound += ",+" + c
+		}
+		args := append([]string{"--bounding-set", bound, "--inh-caps", "-all", "--", a.Bin}, a.Args()...)
+		cmd = exec.Command("setpriv", args...)
+	}
 	if a.stderr == nil {
 		a.stderr = &lockedBuffer{}
 	}
@@ -165,6 +176,16 @@ func (a *Agent) signal(sig syscall.Signal) {
 		<-done
 	}
 	a.cmd = nil
+}
+
+// PID is the running agent's process id, or 0.
+func (a *Agent) PID() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cmd == nil {
+		return 0
+	}
+	return a.cmd.Process.Pid
 }
 
 // Log is what the agent wrote to stderr.

@@ -334,3 +334,53 @@ func TestGoneNetnsIsUnenrolled(t *testing.T) {
 		}
 	})
 }
+
+// AgentCaps are the capabilities the agent needs, and all it gets in the
+// DaemonSet: CAP_BPF to load programs and create maps, CAP_NET_ADMIN to
+// attach the cgroup, sockops, sk_msg and sk_lookup programs and to program
+// iptables, CAP_SYS_ADMIN to enter pods' network namespaces (setns) and
+// mount the BPF filesystem, CAP_SYS_PTRACE to take the proxy's inbound
+// listener with pidfd_getfd.
+var AgentCaps = []string{"bpf", "net_admin", "sys_admin", "sys_ptrace"}
+
+// The agent does its whole job with AgentCaps and no other capability.
+func TestAgentLeastPrivilege(t *testing.T) {
+	netns.RequireCommand(t, "setpriv")
+	for _, mode := range []api.Mode{api.ModeEBPF, api.ModeIPTables} {
+		t.Run(string(mode), func(t *testing.T) {
+			f := newFixture(t, agenttest.Options{Mode: mode, Caps: AgentCaps})
+			a := f.node.AddPod(t, "a", netns.PodOptions{})
+			b := f.node.AddPod(t, "b", netns.PodOptions{})
+			f.agent.Enroll(t, a, api.PodConfig{})
+			enB := f.agent.Enroll(t, b, api.PodConfig{})
+			proxyA := f.proxy(t, a, "forward")
+			proxyB := f.proxy(t, b, "forward")
+			f.server(t, b, ":9000", "sha256")
+			if mode == api.ModeEBPF {
+				f.agent.WaitListener(t, enB.NetNSCookie)
+			}
+			res := dial(t, a.Command(appUID, f.peer, dialArgs(ap(b.IPv4(), 9000), 1<<20)...))
+			if strings.TrimSpace(res.Response) != res.SentSHA256 {
+				t.Fatalf("hash mismatch")
+			}
+			if ev := proxyA.next(t); ev.Listener != "outbound" {
+				t.Errorf("outbound not steered: %+v", ev)
+			}
+			if ev := proxyB.next(t); ev.Listener != "inbound" {
+				t.Errorf("inbound not steered: %+v", ev)
+			}
+			if err := f.agent.Client.Unenroll(context.Background(), enB.NetNSCookie); err != nil {
+				t.Errorf("unenroll: %v", err)
+			}
+			st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", f.agent.PID()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// CAP_BPF 39, CAP_SYS_ADMIN 21, CAP_SYS_PTRACE 19, CAP_NET_ADMIN 12.
+			const want = 1<<39 | 1<<21 | 1<<19 | 1<<12
+			if !strings.Contains(string(st), fmt.Sprintf("CapEff:\t%016x\n", want)) {
+				t.Errorf("agent ran with other capabilities than %v:\n%s", AgentCaps, st)
+			}
+		})
+	}
+}
