@@ -74,6 +74,11 @@ const (
 	MapSkAppOrig        = "sk_app_orig"
 	MapSockPairs        = "sock_pairs"
 	MapCounters         = "counters"
+	MapNetnsProbe       = "netns_probe"
+
+	// NetnsProbeAddr is where a UDP connect records its netns cookie in
+	// MapNetnsProbe, keyed by the socket's cookie.
+	NetnsProbeAddr = "127.0.0.254:1"
 )
 
 // Counter names the per-CPU counters of steer.c, indexed by SteerCounter.

@@ -26,6 +26,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define AF_INET 2
 #define AF_INET6 10
 #define SOCK_STREAM 1
+#define SOCK_DGRAM 2
 #define SOL_IP 0
 #define SOL_IPV6 41
 #define SO_ORIGINAL_DST 80 /* IP6T_SO_ORIGINAL_DST has the same value */
@@ -208,6 +209,15 @@ struct {
 	__type(value, __u64);
 } sock_pairs SEC(".maps");
 
+/* Netns cookies by socket cookie, for the agent on kernels without
+ * SO_NETNS_COOKIE (before 5.14): see netns_probe() below. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u64);
+	__type(value, __u64);
+} netns_probe SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, C_MAX);
@@ -353,9 +363,29 @@ static __always_inline int steer(struct bpf_sock_addr *ctx, __u8 family, const _
 	return 1;
 }
 
+/* The agent connects a UDP socket to 127.0.0.254:1 from a thread inside a
+ * pod's network namespace and reads that namespace's cookie back by the
+ * socket's cookie. Connecting a UDP socket sends nothing. */
+#define NETNS_PROBE_ADDR 0x7f0000fe
+#define NETNS_PROBE_PORT 1
+
+static __always_inline void netns_probe_record(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_DGRAM || ctx->user_ip4 != bpf_htonl(NETNS_PROBE_ADDR) ||
+	    ctx->user_port != bpf_htons(NETNS_PROBE_PORT))
+		return;
+	__u64 sock = bpf_get_socket_cookie(ctx);
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	bpf_map_update_elem(&netns_probe, &sock, &netns, BPF_ANY);
+}
+
 SEC("cgroup/connect4")
 int sluice_connect4(struct bpf_sock_addr *ctx)
 {
+	if (ctx->type != SOCK_STREAM) {
+		netns_probe_record(ctx);
+		return 1;
+	}
 	__u32 addr[4] = {ctx->user_ip4, 0, 0, 0};
 	struct pod_config *cfg = 0;
 	if (!steer(ctx, AF_INET, addr, (__u16)ctx->user_port, &cfg) || !cfg)

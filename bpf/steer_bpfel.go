@@ -114,6 +114,7 @@ type SteerSubnet struct {
 const (
 	SteerMapCounters            = "counters"
 	SteerMapInboundListeners    = "inbound_listeners"
+	SteerMapNetnsProbe          = "netns_probe"
 	SteerMapOrigByCookie        = "orig_by_cookie"
 	SteerMapOrigByPair          = "orig_by_pair"
 	SteerMapPodIps              = "pod_ips"
@@ -198,6 +199,7 @@ type SteerProgramSpecs struct {
 type SteerMapSpecs struct {
 	Counters         *ebpf.MapSpec `ebpf:"counters"`
 	InboundListeners *ebpf.MapSpec `ebpf:"inbound_listeners"`
+	NetnsProbe       *ebpf.MapSpec `ebpf:"netns_probe"`
 	OrigByCookie     *ebpf.MapSpec `ebpf:"orig_by_cookie"`
 	OrigByPair       *ebpf.MapSpec `ebpf:"orig_by_pair"`
 	PodIps           *ebpf.MapSpec `ebpf:"pod_ips"`
@@ -244,6 +246,7 @@ func (o *SteerObjects) Close() error {
 type SteerMaps struct {
 	Counters         *ebpf.Map `ebpf:"counters"`
 	InboundListeners *ebpf.Map `ebpf:"inbound_listeners"`
+	NetnsProbe       *ebpf.Map `ebpf:"netns_probe"`
 	OrigByCookie     *ebpf.Map `ebpf:"orig_by_cookie"`
 	OrigByPair       *ebpf.Map `ebpf:"orig_by_pair"`
 	PodIps           *ebpf.Map `ebpf:"pod_ips"`
@@ -258,6 +261,7 @@ func (m *SteerMaps) Close() error {
 	return _SteerClose(
 		m.Counters,
 		m.InboundListeners,
+		m.NetnsProbe,
 		m.OrigByCookie,
 		m.OrigByPair,
 		m.PodIps,

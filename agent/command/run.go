@@ -26,6 +26,7 @@ import (
 	"github.com/sluice-mesh/sluice/agent/iptables"
 	"github.com/sluice-mesh/sluice/agent/loader"
 	"github.com/sluice-mesh/sluice/agent/metrics"
+	"github.com/sluice-mesh/sluice/agent/podns"
 	"github.com/sluice-mesh/sluice/agent/probe"
 	"github.com/sluice-mesh/sluice/agent/server"
 	"github.com/sluice-mesh/sluice/bpf"
@@ -59,6 +60,7 @@ type runOptions struct {
 	noRedirect  bool
 	maxPods     uint32
 	logLevel    string
+	netnsCookie string
 }
 
 func newRunOptions() *runOptions {
@@ -69,12 +71,21 @@ func newRunOptions() *runOptions {
 		metricsAddr: ":9995",
 		maxPods:     1024,
 		logLevel:    "info",
+		netnsCookie: "auto",
 	}
 }
 
 func (o *runOptions) validate() error {
 	if o.mode != string(api.ModeEBPF) && o.mode != string(api.ModeIPTables) {
 		return fmt.Errorf("--mode must be ebpf or iptables, not %q", o.mode)
+	}
+	switch o.netnsCookie {
+	case "auto", "sockopt", "bpf":
+	default:
+		return fmt.Errorf("--netns-cookie must be auto, sockopt or bpf, not %q", o.netnsCookie)
+	}
+	if o.netnsCookie == "bpf" && o.mode != string(api.ModeEBPF) {
+		return fmt.Errorf("--netns-cookie bpf needs --mode ebpf")
 	}
 	if o.maxPods == 0 || o.maxPods > 65536 {
 		return fmt.Errorf("--max-pods must be in 1-65536")
@@ -125,6 +136,9 @@ steered. Use 'sluice-agent uninstall' to remove everything.`,
 	f.BoolVar(&o.noRedirect, "no-redirect", false, "do not attach the sk_msg redirect (connections are still steered)")
 	f.Uint32Var(&o.maxPods, "max-pods", o.maxPods, "capacity of the pod maps; changing it needs an uninstall")
 	f.StringVar(&o.logLevel, "log-level", o.logLevel, "debug, info, warn or error")
+	f.StringVar(&o.netnsCookie, "netns-cookie", o.netnsCookie, `how to learn a pod's netns cookie: sockopt (SO_NETNS_COOKIE, Linux 5.14),
+bpf (a UDP connect seen by cgroup/connect4; the agent must run in a cgroup under
+--cgroup-root, as it does on a node), or auto (sockopt when the kernel has it)`)
 	return cmd
 }
 
@@ -173,8 +187,16 @@ func (o *runOptions) run(cmd *cobra.Command) error {
 		defer st.Close()
 		a.state = st
 		mcfg.State = st
+		if o.netnsCookie == "bpf" || (o.netnsCookie == "auto" && !rep.Has(probe.NetnsCookieSockopt)) {
+			log.Info("learning netns cookies through cgroup/connect4")
+			mcfg.Cookie = func(ns *podns.NS) (uint64, error) { return st.NetnsCookie(ns.Do) }
+		}
 	} else {
 		mcfg.Rules = &iptables.Rules{}
+		if o.netnsCookie == "auto" && probe.HaveNetnsCookieSockopt() != nil {
+			log.Info("no SO_NETNS_COOKIE: iptables enrollments are identified by netns inode")
+			mcfg.Cookie = podns.InodeID
+		}
 	}
 	m, err := enroll.New(mcfg)
 	if err != nil {

@@ -54,7 +54,9 @@ type Config struct {
 	StateFile string
 	// MaxPods is the size of the pods map.
 	MaxPods int
-	Logger  *slog.Logger
+	// Cookie learns a namespace's ID; nil means podns.SockoptCookie.
+	Cookie podns.CookieFunc
+	Logger *slog.Logger
 }
 
 type record struct {
@@ -79,6 +81,9 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if cfg.MaxPods == 0 {
 		cfg.MaxPods = 1024
+	}
+	if cfg.Cookie == nil {
+		cfg.Cookie = podns.SockoptCookie
 	}
 	m := &Manager{cfg: cfg, log: cfg.Logger, ens: map[uint64]*record{}}
 	var recs []record
@@ -145,7 +150,7 @@ func (m *Manager) Enroll(ctx context.Context, req api.EnrollRequest) (api.Enroll
 	if err := cfg.Validate(); err != nil {
 		return api.Enrollment{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	ns, err := podns.Open(path)
+	ns, err := podns.OpenWith(path, m.cfg.Cookie)
 	if err != nil {
 		return api.Enrollment{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
@@ -418,7 +423,7 @@ func (m *Manager) reopen(r *record) (*podns.NS, error) {
 		if p == "" {
 			continue
 		}
-		if ns, err := podns.Open(p); err == nil && ns.Cookie == r.NetNSCookie {
+		if ns, err := podns.OpenWith(p, m.cfg.Cookie); err == nil && ns.Cookie == r.NetNSCookie {
 			return ns, nil
 		} else if err == nil {
 			ns.Close()

@@ -373,6 +373,38 @@ func (s *State) AttachNetNs(netnsFD int, cookie uint64) error {
 	return nil
 }
 
+// NetnsCookie learns a network namespace's cookie without SO_NETNS_COOKIE
+// (Linux < 5.14): do must run its function on a thread inside the namespace,
+// and that thread's process must be in a cgroup at or below CgroupRoot. A UDP
+// connect to bpf.NetnsProbeAddr makes cgroup/connect4 record the cookie.
+func (s *State) NetnsCookie(do func(func() error) error) (uint64, error) {
+	var sock uint64
+	err := do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("socket: %w", err)
+		}
+		defer unix.Close(fd)
+		// The program runs before the route lookup: the connect may fail
+		// (loopback down) and still have recorded the cookie.
+		_ = unix.Connect(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 254}, Port: 1})
+		if sock, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE); err != nil {
+			return fmt.Errorf("SO_COOKIE: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("probe netns cookie: %w", err)
+	}
+	m := s.Maps[bpf.MapNetnsProbe]
+	var netns uint64
+	if err := m.Lookup(sock, &netns); err != nil {
+		return 0, fmt.Errorf("probe netns cookie: cgroup/connect4 recorded nothing (is the agent in a cgroup under %s?): %w", s.cfg.CgroupRoot, err)
+	}
+	_ = m.Delete(sock)
+	return netns, nil
+}
+
 // DetachNetNs removes the sk_lookup link of a pod. A missing link is fine.
 func (s *State) DetachNetNs(cookie uint64) error {
 	path := s.netnsLinkPath(cookie)

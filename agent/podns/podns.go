@@ -33,9 +33,16 @@ type NS struct {
 // PathOf returns the netns path for a pid.
 func PathOf(pid int) string { return fmt.Sprintf("/proc/%d/ns/net", pid) }
 
-// Open opens the network namespace at path. It refuses paths that are not a
-// network namespace and the agent's own namespace (ErrHostNetwork).
-func Open(path string) (*NS, error) {
+// CookieFunc returns the cookie of the namespace ns; it may use ns.Do.
+type CookieFunc func(ns *NS) (uint64, error)
+
+// Open opens the network namespace at path and reads its cookie with
+// SockoptCookie. It refuses paths that are not a network namespace and the
+// agent's own namespace (ErrHostNetwork).
+func Open(path string) (*NS, error) { return OpenWith(path, SockoptCookie) }
+
+// OpenWith is Open with another way to learn the cookie.
+func OpenWith(path string, cookie CookieFunc) (*NS, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -48,6 +55,12 @@ func Open(path string) (*NS, error) {
 		f.Close()
 		return nil, err
 	}
+	c, err := cookie(ns)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	ns.Cookie = c
 	return ns, nil
 }
 
@@ -69,20 +82,30 @@ func (ns *NS) init() error {
 	if err := unix.Stat("/proc/self/ns/net", &self); err == nil && self.Ino == st.Ino && self.Dev == st.Dev {
 		return fmt.Errorf("netns %s: %w", ns.Path, ErrHostNetwork)
 	}
-	return ns.Do(func() error {
+	return nil
+}
+
+// SockoptCookie reads the namespace's cookie with SO_NETNS_COOKIE on a
+// socket made inside it (Linux 5.14).
+func SockoptCookie(ns *NS) (uint64, error) {
+	var c uint64
+	err := ns.Do(func() error {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("socket in netns %s: %w", ns.Path, err)
 		}
 		defer unix.Close(fd)
-		c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
-		if err != nil {
+		if c, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE); err != nil {
 			return fmt.Errorf("netns cookie of %s (SO_NETNS_COOKIE needs Linux 5.14): %w", ns.Path, err)
 		}
-		ns.Cookie = c
 		return nil
 	})
+	return c, err
 }
+
+// InodeID identifies the namespace by its inode instead of its cookie: the
+// ID of iptables-mode enrollments on kernels without SO_NETNS_COOKIE.
+func InodeID(ns *NS) (uint64, error) { return ns.Ino, nil }
 
 // FD is the namespace's file descriptor, valid until Close.
 func (ns *NS) FD() int { return int(ns.f.Fd()) }

@@ -60,6 +60,9 @@ const (
 	SkMsgStorage       = "bpf_sk_storage_get in sk_msg"
 	SockAddrStorage    = "bpf_sk_storage_get in cgroup/connect (getpeername restore)"
 	GetPeerName        = "attach types cgroup/getpeername4 and getpeername6"
+	// NetnsCookieSockopt is optional: without it the agent learns netns
+	// cookies through cgroup/connect4 (bpf.NetnsProbeAddr).
+	NetnsCookieSockopt = "SO_NETNS_COOKIE"
 )
 
 // all lists the features in the order they are reported. Minimum kernels
@@ -83,22 +86,25 @@ var all = []feature{
 	{"bpf_get_socket_cookie in cgroup/connect", "5.0", true, helper(ebpf.CGroupSockAddr, asm.FnGetSocketCookie)},
 	{"bpf_get_current_uid_gid in cgroup/connect", "4.17", true, helper(ebpf.CGroupSockAddr, asm.FnGetCurrentUidGid)},
 	{"bpf_get_socket_cookie in sock_ops", "5.0", true, helper(ebpf.SockOps, asm.FnGetSocketCookie)},
-	{"bpf_sk_storage_get in sock_ops", "5.10", true, helper(ebpf.SockOps, asm.FnSkStorageGet)},
+	{"bpf_sk_storage_get in sock_ops", "5.3", true, helper(ebpf.SockOps, asm.FnSkStorageGet)},
 	{"bpf_sock_hash_update in sock_ops", "4.18", true, helper(ebpf.SockOps, asm.FnSockHashUpdate)},
 	{"bpf_sk_storage_get in cgroup/getsockopt", "5.3", true, helper(ebpf.CGroupSockopt, asm.FnSkStorageGet)},
 	{"bpf_sk_assign in sk_lookup", "5.9", true, helper(ebpf.SkLookup, asm.FnSkAssign)},
 	{"bpf_msg_redirect_hash in sk_msg", "4.18", true, helper(ebpf.SkMsg, asm.FnMsgRedirectHash)},
-	{"SO_NETNS_COOKIE", "5.14", true, haveNetnsCookieSockopt},
+	{NetnsCookieSockopt, "5.14", false, haveNetnsCookieSockopt},
 	{"kernel BTF (/sys/kernel/btf/vmlinux)", "5.4", false, haveBTF},
 	{SockopsNetnsCookie, "5.15", false, helper(ebpf.SockOps, asm.FnGetNetnsCookie)},
 	{SkMsgNetnsCookie, "5.15", false, helper(ebpf.SkMsg, asm.FnGetNetnsCookie)},
-	{SkMsgStorage, "5.15", false, helper(ebpf.SkMsg, asm.FnSkStorageGet)},
-	{SockAddrStorage, "5.8", false, helper(ebpf.CGroupSockAddr, asm.FnSkStorageGet)},
+	{SkMsgStorage, "5.8", false, helper(ebpf.SkMsg, asm.FnSkStorageGet)},
+	{SockAddrStorage, "5.3", false, helper(ebpf.CGroupSockAddr, asm.FnSkStorageGet)},
 	{GetPeerName, "5.8", false, func() error {
 		return errors.Join(attachType(ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername)(),
 			attachType(ebpf.CGroupSockAddr, ebpf.AttachCgroupInet6GetPeername)())
 	}},
 }
+
+// HaveNetnsCookieSockopt reports whether SO_NETNS_COOKIE works (Linux 5.14).
+func HaveNetnsCookieSockopt() error { return haveNetnsCookieSockopt() }
 
 func haveNetnsCookieSockopt() error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)

@@ -39,6 +39,11 @@ type Options struct {
 	// Caps, when set, runs the agent as root with only these capabilities
 	// (setpriv --bounding-set), e.g. "bpf", "net_admin".
 	Caps []string
+	// InNodeCgroup runs the agent inside the node's cgroup, below the
+	// programs' attach point, as a node agent runs below the cgroup root.
+	InNodeCgroup bool
+	// Args are extra arguments of `sluice-agent run`.
+	Args []string
 }
 
 // Agent is a sluice-agent process for one test node.
@@ -98,7 +103,7 @@ func (a *Agent) Args() []string {
 	if a.opts.MaxPods > 0 {
 		args = append(args, "--max-pods", fmt.Sprint(a.opts.MaxPods))
 	}
-	return args
+	return append(args, a.opts.Args...)
 }
 
 // Restart starts the agent (again) and waits until it serves its API.
@@ -117,6 +122,14 @@ func (a *Agent) Restart(t testing.TB) {
 		}
 		args := append([]string{"--bounding-set", bound, "--inh-caps", "-all", "--", a.Bin}, a.Args()...)
 		cmd = exec.Command("setpriv", args...)
+	}
+	if a.opts.InNodeCgroup {
+		cg, err := os.Open(a.node.CgroupPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cg.Close()
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
 	}
 	if a.stderr == nil {
 		a.stderr = &lockedBuffer{}

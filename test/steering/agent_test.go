@@ -19,6 +19,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/sluice-mesh/sluice/agent/api"
+	"github.com/sluice-mesh/sluice/agent/podns"
 	"github.com/sluice-mesh/sluice/test/agenttest"
 	"github.com/sluice-mesh/sluice/test/netns"
 )
@@ -382,5 +383,32 @@ func TestAgentLeastPrivilege(t *testing.T) {
 				t.Errorf("agent ran with other capabilities than %v:\n%s", AgentCaps, st)
 			}
 		})
+	}
+}
+
+// On kernels without SO_NETNS_COOKIE (before 5.14) the agent learns a pod's
+// netns cookie through cgroup/connect4. Forced here on a newer kernel: the
+// cookie it learns is the kernel's, and steering works with it.
+func TestNetnsCookieThroughConnect4(t *testing.T) {
+	f := newFixture(t, agenttest.Options{InNodeCgroup: true, Args: []string{"--netns-cookie", "bpf"}})
+	a := f.node.AddPod(t, "a", netns.PodOptions{})
+	b := f.node.AddPod(t, "b", netns.PodOptions{})
+	en := f.agent.Enroll(t, a, api.PodConfig{})
+	ns, err := podns.Open(a.NetNSPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Close()
+	if en.NetNSCookie != ns.Cookie {
+		t.Fatalf("cookie learned through connect4 is %d, SO_NETNS_COOKIE says %d", en.NetNSCookie, ns.Cookie)
+	}
+	if !strings.Contains(f.agent.Log(), "learning netns cookies through cgroup/connect4") {
+		t.Errorf("agent did not use the connect4 probe:\n%s", f.agent.Log())
+	}
+	proxy := f.proxy(t, a, "echo")
+	f.server(t, b, ":9000", "sha256")
+	dial(t, a.Command(appUID, f.peer, dialArgs(ap(b.IPv4(), 9000), 100)...))
+	if ev := proxy.next(t); ev.Listener != "outbound" {
+		t.Fatalf("not steered: %+v", ev)
 	}
 }
