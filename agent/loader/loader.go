@@ -477,7 +477,10 @@ func (s *State) Programs() []api.Program {
 		}
 		add(cp.name, cp.attach.String(), s.cfg.CgroupRoot, attached)
 	}
-	add(bpf.ProgSkMsg, ebpf.AttachSkMsgVerdict.String(), "map "+bpf.MapSockPairs, s.cfg.Options.Redirect && s.skMsgAttached())
+	if s.cfg.Options.Redirect {
+		// Without the redirect sk_msg is deliberately not attached.
+		add(bpf.ProgSkMsg, ebpf.AttachSkMsgVerdict.String(), "map "+bpf.MapSockPairs, s.skMsgAttached())
+	}
 	add(bpf.ProgSkLookup, ebpf.AttachSkLookup.String(), "netns (one link per enrolled pod)", true)
 	return out
 }

@@ -412,3 +412,18 @@ func TestNetnsCookieThroughConnect4(t *testing.T) {
 		t.Fatalf("not steered: %+v", ev)
 	}
 }
+
+// With the redirect turned off the agent is healthy: meshctl check passes
+// and status says the redirect is off.
+func TestCheckWithoutRedirect(t *testing.T) {
+	f := newFixture(t, agenttest.Options{NoRedirect: true})
+	meshctl := netns.BuildTool(t, "./cli/cmd/meshctl")
+	out, err := exec.Command(meshctl, "check", "--ebpf", "--agent-socket", f.agent.Socket).CombinedOutput()
+	if err != nil {
+		t.Fatalf("check with --no-redirect: %v\n%s", err, out)
+	}
+	st, err := f.agent.Client.Status(context.Background())
+	if err != nil || st.RedirectEnabled {
+		t.Errorf("status: %v redirectEnabled=%v", err, st.RedirectEnabled)
+	}
+}
