@@ -186,3 +186,26 @@ func TestStaleTempPinsRemoved(t *testing.T) {
 		t.Errorf("stale temporary pins not removed: %v", err)
 	}
 }
+
+// The program variant for kernels without bpf_get_netns_cookie in sockops
+// (before 5.15: no redirect, pair keys without a netns) loads and attaches.
+func TestLoadWithoutSockopsNetnsCookie(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Options = bpf.Options{}
+	s, err := Load(cfg)
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	defer s.Close()
+	for _, p := range s.Programs() {
+		if p.Name == bpf.ProgSkMsg {
+			t.Errorf("sk_msg listed with the redirect off")
+		}
+		if p.Name != bpf.ProgSkLookup && !p.Attached {
+			t.Errorf("%s not attached", p.Name)
+		}
+	}
+	if _, err := bpf.Spec(bpf.Options{Redirect: true}); err == nil {
+		t.Error("redirect without netns cookies in sockops accepted")
+	}
+}
