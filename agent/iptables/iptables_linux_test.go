@@ -22,28 +22,17 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-mesh/sluice/agent/api"
+	"github.com/sluice-mesh/sluice/test/netns"
 )
 
-// requireRoot skips the test when not root, except in CI (CI=true), where
-// it fails: CI must run every test.
+// requireRoot needs root and the programs the rules are made with; the
+// shared harness skips outside CI and fails in CI.
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		skipOrFail(t, "needs root")
-	}
+	netns.RequireRoot(t)
 	for _, bin := range []string{"ip", "nsenter", "iptables-restore", "iptables-save", "ip6tables-restore", "ip6tables-save"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			skipOrFail(t, "needs %s: %v", bin, err)
-		}
+		netns.RequireCommand(t, bin)
 	}
-}
-
-func skipOrFail(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf(format, args...)
-	}
-	t.Skipf(format, args...)
 }
 
 func run(t *testing.T, name string, args ...string) string {
