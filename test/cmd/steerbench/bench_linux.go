@@ -171,16 +171,25 @@ func benchConnect(dst netip.AddrPort, n, warmup int, res *Result) error {
 	return nil
 }
 
-func readFull(fd int, b []byte) error {
-	for len(b) > 0 {
+// read is read(2) on a blocking socket, retried on EINTR and on the
+// spurious EAGAIN of the sk_msg path (counted: see Result.SpuriousEAGAIN).
+func read(fd int, b []byte) (int, error) {
+	for {
 		n, err := unix.Read(fd, b)
-		if err == unix.EINTR {
+		switch err {
+		case unix.EINTR:
 			continue
-		}
-		if err == unix.EAGAIN { // blocking socket: see Result.SpuriousEAGAIN
+		case unix.EAGAIN:
 			eagains.Add(1)
 			continue
 		}
+		return n, err
+	}
+}
+
+func readFull(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := read(fd, b)
 		if err != nil {
 			return fmt.Errorf("read: %w", err)
 		}
@@ -270,14 +279,7 @@ func benchBulk(dst netip.AddrPort, total int64, chunk int, res *Result) error {
 	buf := make([]byte, 256<<10)
 	var got int64
 	for got < total {
-		n, err := unix.Read(fd, buf)
-		if err == unix.EINTR {
-			continue
-		}
-		if err == unix.EAGAIN { // blocking socket: see Result.SpuriousEAGAIN
-			eagains.Add(1)
-			continue
-		}
+		n, err := read(fd, buf)
 		if err != nil {
 			return fmt.Errorf("read after %d bytes: %w", got, err)
 		}
