@@ -588,10 +588,9 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 {
 	if (!redirect_enabled || !msg->sk)
 		return SK_PASS;
-	struct msg_state *st = bpf_sk_storage_get(&sk_msg_state, msg->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!st)
-		return SK_PASS;
-	if (st->bypass) {
+	/* State exists only for sockets whose redirect once failed. */
+	struct msg_state *st = bpf_sk_storage_get(&sk_msg_state, msg->sk, 0, 0);
+	if (st && st->bypass) {
 		count(C_REDIRECT_BYPASSED);
 		return SK_PASS;
 	}
@@ -623,7 +622,9 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 	}
 	/* Once a message took the normal path, every later one must too, or the
 	 * peer could read them out of order. */
-	st->bypass = 1;
+	st = bpf_sk_storage_get(&sk_msg_state, msg->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (st)
+		st->bypass = 1;
 	count(C_REDIRECT_FAILED);
 	return SK_PASS;
 }

@@ -231,15 +231,18 @@ func (o *runOptions) run(cmd *cobra.Command) error {
 	defer stop()
 	log.Info("agent ready", "mode", o.mode, "socket", o.socketPath(), "enrollments", m.Len())
 	fmt.Fprintln(cmd.OutOrStdout(), "READY")
+	// Proxies' listeners are looked for every tick, so inbound steering
+	// starts soon after a proxy does; gone namespaces every gcEvery ticks.
+	const gcEvery = 10
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
-	for {
+	for n := 1; ; n++ {
 		select {
 		case <-ctx.Done():
 			log.Info("stopping; programs stay attached")
 			return nil
 		case <-tick.C:
-			m.Reconcile(ctx)
+			m.Reconcile(ctx, n%gcEvery == 0)
 		}
 	}
 }

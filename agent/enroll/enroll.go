@@ -356,15 +356,15 @@ func (m *Manager) hasListener(r *record) bool {
 }
 
 // Reconcile looks for the inbound listener of every eBPF enrollment that
-// lacks one (a proxy that started after enrollment, or restarted), and
-// unenrolls pods whose network namespace no longer exists, so a pod deleted
-// without an unenroll leaks no map entry, slot or pin.
-func (m *Manager) Reconcile(ctx context.Context) {
+// lacks one (a proxy that started after enrollment, or restarted). With gc
+// it also unenrolls pods whose network namespace no longer exists, so a pod
+// deleted without an unenroll leaks no map entry, slot or pin.
+func (m *Manager) Reconcile(ctx context.Context, gc bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	changed := false
 	for c, r := range m.ens {
-		if m.gone(r) {
+		if gc && m.gone(r) {
 			m.log.Info("network namespace gone; unenrolling", "netns", r.NetNS, "cookie", c)
 			var err error
 			switch r.Mode {
