@@ -12,15 +12,15 @@ help: ## Show the targets.
 deps: ## Install the Debian packages the build and tests need (as root).
 	@bash test/deps.sh
 
-generate: ## Regenerate the bpf2go objects and bindings.
-	$(GO) generate ./bpf/...
+generate: ## Regenerate the bpf2go objects and the protobuf/gRPC code.
+	$(GO) generate ./bpf/... ./controlplane/api/...
 
 check-generate: generate ## Fail if the committed generated code is stale.
-	@git diff --exit-code --stat -- bpf/ || { echo "generated code is stale: run 'make generate' and commit"; exit 1; }
+	@git diff --exit-code --stat -- bpf/ controlplane/api/ || { echo "generated code is stale: run 'make generate' and commit"; exit 1; }
 
 build: ## Build every binary into bin/.
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./agent/cmd/... ./cli/cmd/...
+	$(GO) build -o $(BIN)/ ./agent/cmd/... ./cli/cmd/... ./proxy/cmd/...
 
 test: deps check-generate lint ## Run every test as root on the real kernel (what CI runs).
 	$(GO) test -count=1 -timeout 40m -p 2 $(PKGS)

@@ -2,7 +2,8 @@
 # Installs the Debian packages that building and testing Sluice need. Runs as
 # root; installs only what is missing, so it is quick on a machine that has them.
 set -euo pipefail
-pkgs=(clang llvm libbpf-dev linux-libc-dev bpftool iptables iproute2 util-linux curl wrk)
+pkgs=(clang llvm libbpf-dev linux-libc-dev bpftool iptables iproute2 util-linux curl wrk
+  protobuf-compiler libprotobuf-dev nghttp2-client nginx-light)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
