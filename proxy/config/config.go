@@ -1,0 +1,303 @@
+// Package config reads the proxy's configuration from SLUICE_PROXY_*
+// environment variables. Every setting has a default; proxy/README.md and
+// `sluice-proxy --help` list them.
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is the proxy's configuration.
+type Config struct {
+	OutboundAddrs   []netip.AddrPort
+	InboundAddrs    []netip.AddrPort
+	TapAddr         netip.AddrPort // invalid (zero) when tap is disabled
+	AdminAddr       netip.AddrPort
+	DestinationAddr string // host:port; "" means no discovery
+	DestinationCtx  string
+	Namespace       string
+	ClusterDomain   string
+	OpaquePorts     PortSet
+
+	DetectTimeout         time.Duration
+	ConnectTimeout        time.Duration
+	ResponseHeaderTimeout time.Duration
+	IdleTimeout           time.Duration
+	MaxConcurrentStreams  uint32
+
+	EWMADefaultRTT time.Duration
+	EWMADecay      time.Duration
+	FailureLimit   int
+	BackoffMin     time.Duration
+	BackoffMax     time.Duration
+
+	MetricsRetainIdle   time.Duration
+	ShutdownGracePeriod time.Duration
+	SteeringProbePort   uint16
+	RequireSteering     bool
+
+	LogLevel  slog.Level
+	LogFormat string // "json" or "text"
+}
+
+// Var is one environment variable the proxy reads.
+type Var struct {
+	Name    string
+	Default string
+	Help    string
+	set     func(c *Config, v string) error
+}
+
+// Prefix starts every variable's name.
+const Prefix = "SLUICE_PROXY_"
+
+// Vars lists the variables in the order --help prints them.
+func Vars() []Var {
+	return []Var{
+		{"OUTBOUND_LISTEN_ADDRS", "127.0.0.1:4140,[::1]:4140", "outbound listeners (comma-separated)", func(c *Config, v string) (err error) {
+			c.OutboundAddrs, err = addrList(v)
+			return err
+		}},
+		{"INBOUND_LISTEN_ADDRS", "0.0.0.0:4143,[::]:4143", "inbound listeners (comma-separated)", func(c *Config, v string) (err error) {
+			c.InboundAddrs, err = addrList(v)
+			return err
+		}},
+		{"TAP_LISTEN_ADDR", "0.0.0.0:4190", "tap gRPC server; empty disables tap", func(c *Config, v string) (err error) {
+			if v == "" {
+				c.TapAddr = netip.AddrPort{}
+				return nil
+			}
+			c.TapAddr, err = addr(v)
+			return err
+		}},
+		{"ADMIN_LISTEN_ADDR", "0.0.0.0:4191", "admin server (/metrics, /live, /ready, /proxy-log-level, /shutdown)", func(c *Config, v string) (err error) {
+			c.AdminAddr, err = addr(v)
+			return err
+		}},
+		{"DESTINATION_ADDR", "", "destination service host:port; empty: no discovery, connections go to their original destination", func(c *Config, v string) error {
+			c.DestinationAddr = v
+			return nil
+		}},
+		{"DESTINATION_CONTEXT", "", `context token for lookups; empty: {"ns":"<namespace>"}`, func(c *Config, v string) error {
+			c.DestinationCtx = v
+			return nil
+		}},
+		{"POD_NAMESPACE", "default", "the pod's namespace, which completes short service names", func(c *Config, v string) error {
+			if v == "" {
+				return errors.New("must not be empty")
+			}
+			c.Namespace = v
+			return nil
+		}},
+		{"CLUSTER_DOMAIN", "cluster.local", "the cluster's DNS domain", func(c *Config, v string) error {
+			c.ClusterDomain = strings.TrimSuffix(v, ".")
+			if c.ClusterDomain == "" {
+				return errors.New("must not be empty")
+			}
+			return nil
+		}},
+		{"OPAQUE_PORTS", "", "ports and ranges (a-b) carried as opaque TCP without protocol detection", func(c *Config, v string) (err error) {
+			c.OpaquePorts, err = ParsePortSet(v)
+			return err
+		}},
+		{"DETECT_TIMEOUT", "10s", "wait for a connection's first bytes before treating it as opaque", dur(func(c *Config) *time.Duration { return &c.DetectTimeout }, true)},
+		{"CONNECT_TIMEOUT", "1s", "connect timeout to an endpoint or the application", dur(func(c *Config) *time.Duration { return &c.ConnectTimeout }, true)},
+		{"RESPONSE_HEADER_TIMEOUT", "0", "longest wait for response headers before 504; 0: none", dur(func(c *Config) *time.Duration { return &c.ResponseHeaderTimeout }, false)},
+		{"IDLE_TIMEOUT", "60s", "idle pooled connections are closed after this", dur(func(c *Config) *time.Duration { return &c.IdleTimeout }, true)},
+		{"MAX_CONCURRENT_STREAMS", "1000", "HTTP/2 streams per connection the proxy accepts", func(c *Config, v string) error {
+			n, err := strconv.ParseUint(v, 10, 32)
+			if err != nil || n == 0 {
+				return fmt.Errorf("want a positive integer, got %q", v)
+			}
+			c.MaxConcurrentStreams = uint32(n)
+			return nil
+		}},
+		{"EWMA_DEFAULT_RTT", "30ms", "peak-EWMA initial latency estimate", dur(func(c *Config) *time.Duration { return &c.EWMADefaultRTT }, true)},
+		{"EWMA_DECAY", "10s", "peak-EWMA decay", dur(func(c *Config) *time.Duration { return &c.EWMADecay }, true)},
+		{"FAILURE_ACCRUAL_CONSECUTIVE_FAILURES", "7", "failures in a row before an endpoint is backed off", func(c *Config, v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				return fmt.Errorf("want a positive integer, got %q", v)
+			}
+			c.FailureLimit = n
+			return nil
+		}},
+		{"FAILURE_ACCRUAL_BACKOFF_MIN", "1s", "first backoff of a failing endpoint", dur(func(c *Config) *time.Duration { return &c.BackoffMin }, true)},
+		{"FAILURE_ACCRUAL_BACKOFF_MAX", "60s", "longest backoff (backoffs double, with jitter)", dur(func(c *Config) *time.Duration { return &c.BackoffMax }, true)},
+		{"METRICS_RETAIN_IDLE", "10m", "series idle this long leave /metrics", dur(func(c *Config) *time.Duration { return &c.MetricsRetainIdle }, true)},
+		{"SHUTDOWN_GRACE_PERIOD", "30s", "how long SIGTERM waits for in-flight requests", dur(func(c *Config) *time.Duration { return &c.ShutdownGracePeriod }, false)},
+		{"STEERING_PROBE_PORT", "4144", "inbound port the node agent probes to confirm steering", func(c *Config, v string) error {
+			n, err := strconv.ParseUint(v, 10, 16)
+			if err != nil || n == 0 {
+				return fmt.Errorf("want a port 1-65535, got %q", v)
+			}
+			c.SteeringProbePort = uint16(n)
+			return nil
+		}},
+		{"REQUIRE_STEERING", "true", "/ready waits for the agent's steering probe; false: ready once listening", func(c *Config, v string) (err error) {
+			c.RequireSteering, err = strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("want true or false, got %q", v)
+			}
+			return nil
+		}},
+		{"LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config, v string) error {
+			return c.LogLevel.UnmarshalText([]byte(v))
+		}},
+		{"LOG_FORMAT", "json", "json or text (to stderr)", func(c *Config, v string) error {
+			if v != "json" && v != "text" {
+				return fmt.Errorf("want json or text, got %q", v)
+			}
+			c.LogFormat = v
+			return nil
+		}},
+	}
+}
+
+// FromEnv builds the configuration from lookup (os.LookupEnv in main).
+// Unset variables take their defaults; a set but empty variable means empty
+// where that is meaningful (TAP_LISTEN_ADDR, DESTINATION_ADDR,
+// OPAQUE_PORTS) and the default elsewhere. Every invalid value is reported.
+func FromEnv(lookup func(string) (string, bool)) (Config, error) {
+	var c Config
+	var errs []error
+	for _, v := range Vars() {
+		val, ok := lookup(Prefix + v.Name)
+		val = strings.TrimSpace(val)
+		if !ok || (val == "" && !emptyAllowed(v.Name)) {
+			val = v.Default
+		}
+		if err := v.set(&c, val); err != nil {
+			errs = append(errs, fmt.Errorf("%s%s=%q: %w", Prefix, v.Name, val, err))
+		}
+	}
+	if len(errs) > 0 {
+		return Config{}, errors.Join(errs...)
+	}
+	if c.DestinationCtx == "" {
+		b, _ := json.Marshal(map[string]string{"ns": c.Namespace})
+		c.DestinationCtx = string(b)
+	}
+	if c.BackoffMax < c.BackoffMin {
+		return Config{}, fmt.Errorf("%sFAILURE_ACCRUAL_BACKOFF_MAX (%v) is below _MIN (%v)", Prefix, c.BackoffMax, c.BackoffMin)
+	}
+	return c, nil
+}
+
+func emptyAllowed(name string) bool {
+	switch name {
+	case "TAP_LISTEN_ADDR", "DESTINATION_ADDR", "OPAQUE_PORTS", "DESTINATION_CONTEXT":
+		return true
+	}
+	return false
+}
+
+// Usage renders the variables as the table --help prints.
+func Usage() string {
+	var b strings.Builder
+	for _, v := range Vars() {
+		def := v.Default
+		if def == "" {
+			def = "(empty)"
+		}
+		fmt.Fprintf(&b, "  %s%s\n      %s (default %s)\n", Prefix, v.Name, v.Help, def)
+	}
+	return b.String()
+}
+
+func addr(s string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("want ip:port or [ipv6]:port: %w", err)
+	}
+	return ap, nil
+}
+
+func addrList(s string) ([]netip.AddrPort, error) {
+	var out []netip.AddrPort
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		ap, err := addr(f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ap)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("want at least one address")
+	}
+	return out, nil
+}
+
+func dur(field func(*Config) *time.Duration, positive bool) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("want a duration such as 10s: %w", err)
+		}
+		if d < 0 || (positive && d == 0) {
+			return fmt.Errorf("want a positive duration, got %v", d)
+		}
+		*field(c) = d
+		return nil
+	}
+}
+
+// PortSet is a set of TCP ports given as ports and inclusive ranges.
+type PortSet []PortRange
+
+// PortRange is an inclusive range of ports.
+type PortRange struct{ Lo, Hi uint16 }
+
+// ParsePortSet parses "25,3306,9000-9100". Empty is the empty set.
+func ParsePortSet(s string) (PortSet, error) {
+	var ps PortSet
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		lo, hi, isRange := strings.Cut(f, "-")
+		l, err := port(lo)
+		if err != nil {
+			return nil, err
+		}
+		h := l
+		if isRange {
+			if h, err = port(hi); err != nil {
+				return nil, err
+			}
+		}
+		if h < l {
+			return nil, fmt.Errorf("range %q: %d is above %d", f, l, h)
+		}
+		ps = append(ps, PortRange{l, h})
+	}
+	return ps, nil
+}
+
+func port(s string) (uint16, error) {
+	n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 16)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("want a port 1-65535, got %q", s)
+	}
+	return uint16(n), nil
+}
+
+// Contains reports whether p is in the set.
+func (ps PortSet) Contains(p uint16) bool {
+	for _, r := range ps {
+		if p >= r.Lo && p <= r.Hi {
+			return true
+		}
+	}
+	return false
+}
