@@ -26,6 +26,19 @@ const (
 	DefaultInboundPort  = 4143
 	DefaultTapPort      = 4190
 	DefaultAdminPort    = 4191
+	// DefaultProbePort is the port the proxy answers the steering probe on
+	// (sluice-proxy's SLUICE_PROXY_STEERING_PROBE_PORT).
+	DefaultProbePort = 4144
+)
+
+// The steering probe: after enrolling a pod whose config has a ProbePort,
+// the agent connects to the pod's address on that port and sends
+// ProbeRequest. The connection is steered like any other into the proxy's
+// inbound listener, which answers ProbeReply and from then on reports
+// ready. The proxy defines the same lines (proxy/server).
+const (
+	ProbeRequest = "SLUICE-PROBE\n"
+	ProbeReply   = "SLUICE-STEERED\n"
 )
 
 // Limits of one pod's configuration, fixed by the eBPF map layout.
@@ -141,6 +154,10 @@ type PodConfig struct {
 	// DisableRedirect turns off the sk_msg acceleration for this pod (eBPF
 	// mode); connections are still steered.
 	DisableRedirect bool `json:"disableRedirect,omitempty"`
+	// ProbePort, when set, is where the agent sends the steering probe after
+	// enrolling (see ProbeRequest); 0 sends none. Sluice proxies answer on
+	// DefaultProbePort.
+	ProbePort uint16 `json:"probePort,omitempty"`
 }
 
 // WithDefaults returns c with zero fields set to their defaults and the
@@ -193,6 +210,9 @@ func (c PodConfig) Validate() error {
 			}
 		}
 	}
+	if c.ProbePort != 0 && containsPort(c.SkipInboundPorts, c.ProbePort) {
+		return fmt.Errorf("skip-inbound-ports contains the steering probe port %d, which must reach the proxy", c.ProbePort)
+	}
 	if containsPort(c.SkipInboundPorts, c.InboundPort) {
 		return fmt.Errorf("skip-inbound-ports contains the proxy's inbound port %d", c.InboundPort)
 	}
@@ -244,6 +264,9 @@ type Enrollment struct {
 	// InboundListener reports, in eBPF mode, whether the proxy's inbound
 	// listener has been found and inbound connections reach it.
 	InboundListener bool `json:"inboundListener"`
+	// Steered reports that the proxy answered the steering probe: traffic
+	// to the pod reaches its proxy. Always false without a ProbePort.
+	Steered bool `json:"steered"`
 }
 
 // ID is the enrollment's key in the API: its netns cookie in decimal.

@@ -45,6 +45,7 @@ type enrollOptions struct {
 	proxyUID                     uint32
 	outboundPort, inboundPort    uint16
 	disableRedirect              bool
+	probePort                    uint16
 	addresses                    []string
 }
 
@@ -84,6 +85,7 @@ connections to the pod's IPs go to the proxy's 4143 listener. The proxy's user
 	f.Uint16Var(&o.outboundPort, "outbound-port", api.DefaultOutboundPort, "the proxy's outbound port on loopback")
 	f.Uint16Var(&o.inboundPort, "inbound-port", api.DefaultInboundPort, "the proxy's inbound port")
 	f.BoolVar(&o.disableRedirect, "disable-redirect", false, "steer without the sk_msg acceleration")
+	f.Uint16Var(&o.probePort, "probe-port", 0, fmt.Sprintf("after enrolling, confirm steering by probing the proxy on this port (Sluice proxies: %d); 0: no probe", api.DefaultProbePort))
 	f.StringSliceVar(&o.addresses, "address", nil, "the pod's IPs (default: read from the namespace)")
 	return cmd
 }
@@ -94,6 +96,7 @@ func (o *enrollOptions) request() (api.EnrollRequest, error) {
 	}
 	req := api.EnrollRequest{NetNS: o.netns, PID: o.pid, Config: api.PodConfig{
 		ProxyUID: o.proxyUID, OutboundPort: o.outboundPort, InboundPort: o.inboundPort, DisableRedirect: o.disableRedirect,
+		ProbePort: o.probePort,
 	}}
 	if (o.netns == "") == (o.pid == 0) {
 		return req, fmt.Errorf("give exactly one of --netns and --pid")

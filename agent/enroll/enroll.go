@@ -10,13 +10,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -62,6 +65,8 @@ type Config struct {
 type record struct {
 	api.Enrollment
 	Ino uint64 `json:"ino"`
+	// probing is set while a steering probe of the record is in flight.
+	probing bool
 }
 
 // Manager enrolls and unenrolls pods. Safe for concurrent use.
@@ -396,6 +401,70 @@ func (m *Manager) Reconcile(ctx context.Context, gc bool) {
 			m.log.Error("save state", "err", err)
 		}
 	}
+	for _, r := range m.ens {
+		if r.Config.ProbePort == 0 || r.Steered || r.probing || (r.Mode == api.ModeEBPF && !m.hasListener(r)) {
+			continue
+		}
+		r.probing = true
+		go m.probe(ctx, r)
+	}
+}
+
+// probe sends the steering probe to one enrolled pod and records a reply.
+// It runs without the lock; Reconcile retries a failed probe on its next run.
+func (m *Manager) probe(ctx context.Context, r *record) {
+	m.mu.Lock()
+	addrs, port := append([]netip.Addr(nil), r.Addresses...), r.Config.ProbePort
+	m.mu.Unlock()
+	var err error
+	ok := false
+	for _, a := range addrs {
+		if err = probeAddr(ctx, netip.AddrPortFrom(a, port)); err == nil {
+			ok = true
+			break
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r.probing = false
+	if !ok {
+		m.log.Debug("steering probe failed", "netns", r.NetNS, "port", port, "err", err)
+		return
+	}
+	if m.ens[r.NetNSCookie] != r {
+		return // unenrolled meanwhile
+	}
+	r.Steered = true
+	m.log.Info("steering confirmed by the proxy", "netns", r.NetNS, "pod", r.Pod)
+	if err := m.save(); err != nil {
+		m.log.Error("save state", "err", err)
+	}
+}
+
+// probeAddr connects to addr, sends the probe line and checks the answer.
+func probeAddr(ctx context.Context, addr netip.AddrPort) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr.String())
+	if err != nil {
+		return fmt.Errorf("probe %s: %w", addr, err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	if _, err := io.WriteString(c, api.ProbeRequest); err != nil {
+		return fmt.Errorf("probe %s: %w", addr, err)
+	}
+	buf := make([]byte, len(api.ProbeReply))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return fmt.Errorf("probe %s: read reply: %w", addr, err)
+	}
+	if string(buf) != api.ProbeReply {
+		return fmt.Errorf("probe %s: unexpected reply %q", addr, buf)
+	}
+	return nil
 }
 
 // gone reports whether the enrollment's network namespace is destroyed.
