@@ -3,8 +3,9 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 PKGS := ./...
+FUZZTIME ?= 10s
 
-.PHONY: help deps generate check-generate build test test-unit bench bench-steering lint demo clean
+.PHONY: help deps generate check-generate build test fuzz test-unit bench bench-steering lint demo clean
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -22,8 +23,12 @@ build: ## Build every binary into bin/.
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./agent/cmd/... ./cli/cmd/... ./proxy/cmd/...
 
-test: deps check-generate lint ## Run every test as root on the real kernel (what CI runs).
+test: deps check-generate lint ## Run every test as root on the real kernel (what CI runs), then the fuzzers briefly.
 	$(GO) test -count=1 -timeout 40m -p 2 $(PKGS)
+	FUZZTIME=$(FUZZTIME) bash test/fuzz.sh
+
+fuzz: ## Run every fuzz target for FUZZTIME each (default 10s; e.g. make fuzz FUZZTIME=5m).
+	FUZZTIME=$(FUZZTIME) bash test/fuzz.sh
 
 test-unit: ## Run the tests without installing anything (kernel tests skip unless root).
 	$(GO) test -count=1 $(PKGS)
