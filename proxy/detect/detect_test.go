@@ -1,7 +1,6 @@
 package detect_test
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -14,38 +13,12 @@ import (
 
 	"github.com/sluice-mesh/sluice/proxy/detect"
 	"github.com/sluice-mesh/sluice/proxy/netx"
+	"github.com/sluice-mesh/sluice/proxy/netx/netxtest"
 )
-
-// hangGuard bounds every blocking step; no test comes near it.
-const hangGuard = 10 * time.Second
 
 // detectTimeout is short, so that timeout cases end quickly; tests assert
 // outcomes, never durations.
 const detectTimeout = 50 * time.Millisecond
-
-// memPair returns the two ends of an in-memory connection, closed at cleanup.
-func memPair(t *testing.T) (client, server net.Conn) {
-	t.Helper()
-	m := netx.NewMem()
-	ctx := context.Background()
-	addr := netip.MustParseAddrPort("10.0.0.1:80")
-	ln, err := m.Listen(ctx, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	client, err = m.Dial(ctx, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
-	server, err = ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { server.Close() })
-	return client, server
-}
 
 // trickle hands out at most one byte per Read: data arriving byte by byte.
 type trickle struct{ net.Conn }
@@ -65,17 +38,6 @@ func detectAsync(c net.Conn, timeout time.Duration) <-chan detectResult {
 		ch <- detectResult{p, dc, err}
 	}()
 	return ch
-}
-
-func await[T any](t *testing.T, ch <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(hangGuard):
-		t.Fatalf("%s: hung", what)
-		panic("unreachable")
-	}
 }
 
 func TestDetect(t *testing.T) {
@@ -101,7 +63,7 @@ func TestDetect(t *testing.T) {
 		{name: "longer than MaxPeek", chunks: []string{strings.Repeat("A", 3000)}, want: detect.Opaque, peeked: strings.Repeat("A", detect.MaxPeek)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			client, server := memPair(t)
+			client, server := netxtest.Pair(t, netx.NewMem(), netip.MustParseAddrPort("10.0.0.1:80"))
 			var sent strings.Builder
 			for _, c := range tc.chunks {
 				sent.WriteString(c)
@@ -118,9 +80,9 @@ func TestDetect(t *testing.T) {
 				time.Sleep(time.Millisecond) // let the reader see the pieces apart; same outcome if not
 			}
 			if tc.closeW {
-				client.(interface{ CloseWrite() error }).CloseWrite()
+				netxtest.CloseWrite(t, client)
 			}
-			r := await(t, res, "Detect")
+			r := netxtest.Await(t, res, "Detect")
 			if r.err != nil || r.p != tc.want {
 				t.Fatalf("Detect = %v, %v; want %v", r.p, r.err, tc.want)
 			}
@@ -135,7 +97,7 @@ func TestDetect(t *testing.T) {
 					t.Fatal(err)
 				}
 				sent.WriteString("|after")
-				client.(interface{ CloseWrite() error }).CloseWrite()
+				netxtest.CloseWrite(t, client)
 			}
 			got, err := io.ReadAll(r.c)
 			if err != nil || string(got) != sent.String() {
@@ -155,10 +117,10 @@ func TestDetectErrorsBeforeAnyByte(t *testing.T) {
 		{"reset", func(c net.Conn) { c.(interface{ SetLinger(int) error }).SetLinger(0); c.Close() }, syscall.ECONNRESET},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			client, server := memPair(t)
-			res := detectAsync(server, hangGuard)
+			client, server := netxtest.Pair(t, netx.NewMem(), netip.MustParseAddrPort("10.0.0.1:80"))
+			res := detectAsync(server, netxtest.HangGuard)
 			tc.close(client)
-			r := await(t, res, "Detect")
+			r := netxtest.Await(t, res, "Detect")
 			if r.p != detect.Opaque || !errors.Is(r.err, tc.want) {
 				t.Errorf("Detect = %v, %v; want opaque and %v", r.p, r.err, tc.want)
 			}
@@ -171,19 +133,19 @@ func TestDetectErrorsBeforeAnyByte(t *testing.T) {
 
 // TestDetectNoTimeout: timeout 0 waits as long as it takes.
 func TestDetectNoTimeout(t *testing.T) {
-	client, server := memPair(t)
+	client, server := netxtest.Pair(t, netx.NewMem(), netip.MustParseAddrPort("10.0.0.1:80"))
 	res := detectAsync(server, 0)
 	time.Sleep(2 * detectTimeout)
 	if _, err := client.Write([]byte(preface)); err != nil {
 		t.Fatal(err)
 	}
-	if r := await(t, res, "Detect"); r.err != nil || r.p != detect.HTTP2 {
+	if r := netxtest.Await(t, res, "Detect"); r.err != nil || r.p != detect.HTTP2 {
 		t.Errorf("Detect = %v, %v; want h2", r.p, r.err)
 	}
 }
 
 func TestConn(t *testing.T) {
-	client, server := memPair(t)
+	client, server := netxtest.Pair(t, netx.NewMem(), netip.MustParseAddrPort("10.0.0.1:80"))
 	dc := detect.NewConn(server, []byte("peeked|"))
 	if dc.NetConn() != server {
 		t.Error("NetConn() is not the underlying connection")

@@ -6,6 +6,9 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/sluice-mesh/sluice/proxy/netx"
+	"github.com/sluice-mesh/sluice/proxy/netx/netxtest"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -35,7 +38,8 @@ func sockopt(t *testing.T, s syscall.Conn, level, opt int) int {
 func TestKernelNoMPTCP(t *testing.T) {
 	for _, addr := range []string{"127.0.0.1:0", "[::1]:0", "0.0.0.0:0", "[::]:0"} {
 		t.Run(addr, func(t *testing.T) {
-			ln, client, server := kernelPair(t, netip.MustParseAddrPort(addr))
+			ln := netxtest.Listen(t, netx.Kernel{}, netip.MustParseAddrPort(addr))
+			client, server := netxtest.Connect(t, netx.Kernel{}, ln)
 			for _, s := range []struct {
 				what string
 				conn syscall.Conn

@@ -10,36 +10,14 @@ import (
 	"testing"
 
 	"github.com/sluice-mesh/sluice/proxy/netx"
+	"github.com/sluice-mesh/sluice/proxy/netx/netxtest"
 )
-
-// kernelPair listens on addr (port 0) with Kernel, dials it and accepts.
-func kernelPair(t *testing.T, addr netip.AddrPort) (ln net.Listener, client, server net.Conn) {
-	t.Helper()
-	var k netx.Kernel
-	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
-	defer cancel()
-	ln, err := k.Listen(ctx, addr)
-	if err != nil {
-		t.Fatalf("Listen(%v): %v", addr, err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	client, err = k.Dial(ctx, netx.AddrPortOf(ln.Addr()))
-	if err != nil {
-		t.Fatalf("Dial(%v): %v", ln.Addr(), err)
-	}
-	t.Cleanup(func() { client.Close() })
-	server, err = ln.Accept()
-	if err != nil {
-		t.Fatalf("Accept: %v", err)
-	}
-	t.Cleanup(func() { server.Close() })
-	return ln, client, server
-}
 
 func TestKernelRoundTrip(t *testing.T) {
 	for _, addr := range []string{"127.0.0.1:0", "[::1]:0", "[::ffff:127.0.0.1]:0"} {
 		t.Run(addr, func(t *testing.T) {
-			ln, client, server := kernelPair(t, netip.MustParseAddrPort(addr))
+			ln := netxtest.Listen(t, netx.Kernel{}, netip.MustParseAddrPort(addr))
+			client, server := netxtest.Connect(t, netx.Kernel{}, ln)
 			la := netx.AddrPortOf(ln.Addr())
 			if want := netip.MustParseAddrPort(addr).Addr().Unmap(); la.Addr() != want {
 				t.Errorf("listener address %v, want %v", la, want)
@@ -47,12 +25,12 @@ func TestKernelRoundTrip(t *testing.T) {
 			if got := netx.AddrPortOf(server.LocalAddr()); got != la {
 				t.Errorf("accepted LocalAddr %v, want %v", got, la)
 			}
-			mustWrite(t, client, "ping")
-			closeWrite(t, client)
-			if r := await(t, readAll(server), "read"); r.err != nil || string(r.b) != "ping" {
-				t.Fatalf("server read %q, %v", r.b, r.err)
+			netxtest.Write(t, client, "ping")
+			netxtest.CloseWrite(t, client)
+			if r := netxtest.Await(t, netxtest.ReadAll(server), "read"); r.Err != nil || string(r.Data) != "ping" {
+				t.Fatalf("server read %q, %v", r.Data, r.Err)
 			}
-			mustWrite(t, server, "pong")
+			netxtest.Write(t, server, "pong")
 			server.Close()
 			if b, err := io.ReadAll(client); err != nil || string(b) != "pong" {
 				t.Fatalf("client read %q, %v", b, err)

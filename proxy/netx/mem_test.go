@@ -16,90 +16,13 @@ import (
 	"time"
 
 	"github.com/sluice-mesh/sluice/proxy/netx"
+	"github.com/sluice-mesh/sluice/proxy/netx/netxtest"
 )
-
-// hangGuard bounds every blocking step of a test; no test should come near it.
-const hangGuard = 10 * time.Second
 
 var (
 	srvAddr  = netip.MustParseAddrPort("10.0.0.2:8080")
 	srvAddr6 = netip.MustParseAddrPort("[fd00::2]:8080")
 )
-
-// memPair listens on addr in a fresh Mem, dials it and returns both ends,
-// closed at cleanup.
-func memPair(t *testing.T, addr netip.AddrPort) (client, server net.Conn) {
-	t.Helper()
-	m := netx.NewMem()
-	return pairOn(t, m, addr, func(ctx context.Context) (net.Conn, error) { return m.Dial(ctx, addr) })
-}
-
-// pairOn listens on addr in m, dials with dial and accepts.
-func pairOn(t *testing.T, m *netx.Mem, addr netip.AddrPort, dial func(context.Context) (net.Conn, error)) (client, server net.Conn) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
-	defer cancel()
-	ln, err := m.Listen(ctx, addr)
-	if err != nil {
-		t.Fatalf("Listen(%v): %v", addr, err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	client, err = dial(ctx)
-	if err != nil {
-		t.Fatalf("Dial(%v): %v", addr, err)
-	}
-	t.Cleanup(func() { client.Close() })
-	server, err = ln.Accept()
-	if err != nil {
-		t.Fatalf("Accept: %v", err)
-	}
-	t.Cleanup(func() { server.Close() })
-	return client, server
-}
-
-// readAll reads c to EOF in the background; the result arrives on the channel.
-func readAll(c net.Conn) <-chan readResult {
-	ch := make(chan readResult, 1)
-	go func() {
-		b, err := io.ReadAll(c)
-		ch <- readResult{b, err}
-	}()
-	return ch
-}
-
-type readResult struct {
-	b   []byte
-	err error
-}
-
-func await[T any](t *testing.T, ch <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(hangGuard):
-		t.Fatalf("%s: hung", what)
-		panic("unreachable")
-	}
-}
-
-func mustWrite(t *testing.T, c net.Conn, s string) {
-	t.Helper()
-	if n, err := c.Write([]byte(s)); err != nil || n != len(s) {
-		t.Fatalf("Write(%q) = %d, %v", s, n, err)
-	}
-}
-
-func closeWrite(t *testing.T, c net.Conn) {
-	t.Helper()
-	cw, ok := c.(interface{ CloseWrite() error })
-	if !ok {
-		t.Fatalf("%T has no CloseWrite", c)
-	}
-	if err := cw.CloseWrite(); err != nil {
-		t.Fatalf("CloseWrite: %v", err)
-	}
-}
 
 func TestMemAddresses(t *testing.T) {
 	for _, tc := range []struct {
@@ -124,11 +47,11 @@ func TestMemAddresses(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := netx.NewMem()
-			client, server := pairOn(t, m, tc.listen, func(ctx context.Context) (net.Conn, error) {
+			client, server := netxtest.Accept(t, netxtest.Listen(t, m, tc.listen), func() (net.Conn, error) {
 				if tc.src.IsValid() {
-					return m.DialAs(ctx, tc.src, tc.dial, tc.orig)
+					return m.DialAs(context.Background(), tc.src, tc.dial, tc.orig)
 				}
-				return m.Dial(ctx, tc.dial)
+				return m.Dial(context.Background(), tc.dial)
 			})
 			sl, sr := netx.AddrPortOf(server.LocalAddr()), netx.AddrPortOf(server.RemoteAddr())
 			cl, cr := netx.AddrPortOf(client.LocalAddr()), netx.AddrPortOf(client.RemoteAddr())
@@ -250,7 +173,7 @@ func TestMemRefused(t *testing.T) {
 	if _, err := m.Dial(ctx, srvAddr); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("Dial after the listener closed: %v, want ECONNREFUSED", err)
 	}
-	pending.SetReadDeadline(time.Now().Add(hangGuard))
+	pending.SetReadDeadline(time.Now().Add(netxtest.HangGuard))
 	if _, err := pending.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("Read on a connection never accepted: %v, want ECONNRESET", err)
 	}
@@ -267,7 +190,7 @@ func TestMemAcceptUnblockedByClose(t *testing.T) {
 		errc <- err
 	}()
 	ln.Close()
-	if err := await(t, errc, "Accept"); !errors.Is(err, net.ErrClosed) {
+	if err := netxtest.Await(t, errc, "Accept"); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("blocked Accept after Close: %v, want net.ErrClosed", err)
 	}
 }
@@ -306,7 +229,7 @@ func TestMemBacklogFullDialWaitsForContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+	ctx, cancel := context.WithTimeout(context.Background(), netxtest.HangGuard)
 	defer cancel()
 	c, err := m.Dial(ctx, srvAddr)
 	if err != nil {
@@ -328,29 +251,29 @@ func TestMemHalfClose(t *testing.T) {
 		{"server first, client half-closes", false, func(c net.Conn) error { return c.(interface{ CloseWrite() error }).CloseWrite() }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			client, server := memPair(t, srvAddr)
+			client, server := netxtest.Pair(t, netx.NewMem(), srvAddr)
 			first, second := client, server
 			if !tc.firstIsClient {
 				first, second = server, client
 			}
-			mustWrite(t, first, "request")
-			closeWrite(t, first)
+			netxtest.Write(t, first, "request")
+			netxtest.CloseWrite(t, first)
 			if _, err := first.Write([]byte("x")); !errors.Is(err, syscall.EPIPE) {
 				t.Errorf("Write after CloseWrite: %v, want EPIPE", err)
 			}
-			r := await(t, readAll(second), "read to EOF")
-			if r.err != nil || string(r.b) != "request" {
-				t.Fatalf("second read %q, %v; want \"request\" then EOF", r.b, r.err)
+			r := netxtest.Await(t, netxtest.ReadAll(second), "read to EOF")
+			if r.Err != nil || string(r.Data) != "request" {
+				t.Fatalf("second read %q, %v; want \"request\" then EOF", r.Data, r.Err)
 			}
 			// The half-closed side still reads, and the other still writes.
-			firstGot := readAll(first)
-			mustWrite(t, second, "response")
+			firstGot := netxtest.ReadAll(first)
+			netxtest.Write(t, second, "response")
 			if err := tc.secondCloses(second); err != nil {
 				t.Fatalf("close second: %v", err)
 			}
-			r = await(t, firstGot, "read response")
-			if r.err != nil || string(r.b) != "response" {
-				t.Fatalf("first read %q, %v; want \"response\" then EOF", r.b, r.err)
+			r = netxtest.Await(t, firstGot, "read response")
+			if r.Err != nil || string(r.Data) != "response" {
+				t.Fatalf("first read %q, %v; want \"response\" then EOF", r.Data, r.Err)
 			}
 		})
 	}
@@ -358,21 +281,21 @@ func TestMemHalfClose(t *testing.T) {
 
 func TestMemClose(t *testing.T) {
 	t.Run("peer reads buffered data then EOF, writes fail", func(t *testing.T) {
-		client, server := memPair(t, srvAddr)
-		mustWrite(t, client, "last words")
+		client, server := netxtest.Pair(t, netx.NewMem(), srvAddr)
+		netxtest.Write(t, client, "last words")
 		if err := client.Close(); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
-		r := await(t, readAll(server), "read")
-		if r.err != nil || string(r.b) != "last words" {
-			t.Errorf("peer read %q, %v; want the buffered bytes then EOF", r.b, r.err)
+		r := netxtest.Await(t, netxtest.ReadAll(server), "read")
+		if r.Err != nil || string(r.Data) != "last words" {
+			t.Errorf("peer read %q, %v; want the buffered bytes then EOF", r.Data, r.Err)
 		}
 		if _, err := server.Write([]byte("anyone?")); !errors.Is(err, syscall.EPIPE) {
 			t.Errorf("Write to a closed peer: %v, want EPIPE", err)
 		}
 	})
 	t.Run("own calls fail with ErrClosed", func(t *testing.T) {
-		client, _ := memPair(t, srvAddr)
+		client, _ := netxtest.Pair(t, netx.NewMem(), srvAddr)
 		client.Close()
 		if _, err := client.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
 			t.Errorf("Read after Close: %v, want net.ErrClosed", err)
@@ -396,7 +319,7 @@ func TestMemClose(t *testing.T) {
 		{"peer Close unblocks Read with EOF and Write with EPIPE", true, io.EOF, syscall.EPIPE},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			client, server := memPair(t, srvAddr)
+			client, server := netxtest.Pair(t, netx.NewMem(), srvAddr)
 			rerr := make(chan error, 1)
 			go func() {
 				_, err := client.Read(make([]byte, 1))
@@ -413,17 +336,17 @@ func TestMemClose(t *testing.T) {
 			} else {
 				client.Close()
 			}
-			if err := await(t, rerr, "Read"); !errors.Is(err, tc.wantRead) {
+			if err := netxtest.Await(t, rerr, "Read"); !errors.Is(err, tc.wantRead) {
 				t.Errorf("blocked Read: %v, want %v", err, tc.wantRead)
 			}
-			if err := await(t, werr, "Write"); !errors.Is(err, tc.wantWrite) {
+			if err := netxtest.Await(t, werr, "Write"); !errors.Is(err, tc.wantWrite) {
 				t.Errorf("blocked Write: %v, want %v", err, tc.wantWrite)
 			}
 		})
 	}
 	t.Run("SetLinger(0) resets", func(t *testing.T) {
-		client, server := memPair(t, srvAddr)
-		mustWrite(t, client, "dropped")
+		client, server := netxtest.Pair(t, netx.NewMem(), srvAddr)
+		netxtest.Write(t, client, "dropped")
 		if err := client.(interface{ SetLinger(int) error }).SetLinger(0); err != nil {
 			t.Fatalf("SetLinger: %v", err)
 		}
@@ -443,8 +366,8 @@ func TestMemDeadlines(t *testing.T) {
 		}
 	}
 	t.Run("read deadline in the past", func(t *testing.T) {
-		client, server := memPair(t, srvAddr)
-		mustWrite(t, server, "data")
+		client, server := netxtest.Pair(t, netx.NewMem(), srvAddr)
+		netxtest.Write(t, server, "data")
 		client.SetReadDeadline(time.Now().Add(-time.Second))
 		_, err := client.Read(make([]byte, 8))
 		isTimeout(t, "Read", err)
@@ -456,20 +379,20 @@ func TestMemDeadlines(t *testing.T) {
 		}
 	})
 	t.Run("blocked read times out", func(t *testing.T) {
-		client, server := memPair(t, srvAddr)
+		client, server := netxtest.Pair(t, netx.NewMem(), srvAddr)
 		client.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 		_, err := client.Read(make([]byte, 8))
 		isTimeout(t, "Read", err)
 		// Data that arrives later is read once the deadline moves.
-		mustWrite(t, server, "late")
-		client.SetReadDeadline(time.Now().Add(hangGuard))
+		netxtest.Write(t, server, "late")
+		client.SetReadDeadline(time.Now().Add(netxtest.HangGuard))
 		b := make([]byte, 8)
 		if n, err := client.Read(b); err != nil || string(b[:n]) != "late" {
 			t.Errorf("Read after moving the deadline = %q, %v", b[:n], err)
 		}
 	})
 	t.Run("SetDeadline while blocked", func(t *testing.T) {
-		client, _ := memPair(t, srvAddr)
+		client, _ := netxtest.Pair(t, netx.NewMem(), srvAddr)
 		rerr := make(chan error, 1)
 		go func() {
 			_, err := client.Read(make([]byte, 8))
@@ -477,10 +400,10 @@ func TestMemDeadlines(t *testing.T) {
 		}()
 		time.Sleep(10 * time.Millisecond)
 		client.SetDeadline(time.Now())
-		isTimeout(t, "Read", await(t, rerr, "Read"))
+		isTimeout(t, "Read", netxtest.Await(t, rerr, "Read"))
 	})
 	t.Run("write deadline with a full buffer", func(t *testing.T) {
-		client, server := memPair(t, srvAddr)
+		client, server := netxtest.Pair(t, netx.NewMem(), srvAddr)
 		client.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
 		n, err := client.Write(make([]byte, netx.MemBufferSize+100))
 		isTimeout(t, "Write", err)
@@ -489,9 +412,9 @@ func TestMemDeadlines(t *testing.T) {
 		}
 		// The reader gets exactly what was buffered.
 		client.Close()
-		r := await(t, readAll(server), "read")
-		if r.err != nil || len(r.b) != netx.MemBufferSize {
-			t.Errorf("peer read %d bytes, %v; want %d", len(r.b), r.err, netx.MemBufferSize)
+		r := netxtest.Await(t, netxtest.ReadAll(server), "read")
+		if r.Err != nil || len(r.Data) != netx.MemBufferSize {
+			t.Errorf("peer read %d bytes, %v; want %d", len(r.Data), r.Err, netx.MemBufferSize)
 		}
 	})
 }
@@ -499,25 +422,25 @@ func TestMemDeadlines(t *testing.T) {
 // TestMemWriteDoesNotWaitForReader writes a buffer's worth with nobody
 // reading: like a socket, the write completes.
 func TestMemWriteDoesNotWaitForReader(t *testing.T) {
-	client, server := memPair(t, srvAddr)
+	client, server := netxtest.Pair(t, netx.NewMem(), srvAddr)
 	done := make(chan error, 1)
 	go func() {
 		_, err := client.Write(bytes.Repeat([]byte("a"), netx.MemBufferSize))
 		done <- err
 	}()
-	if err := await(t, done, "Write into an empty buffer"); err != nil {
+	if err := netxtest.Await(t, done, "Write into an empty buffer"); err != nil {
 		t.Fatal(err)
 	}
 	client.Close()
-	if r := await(t, readAll(server), "read"); len(r.b) != netx.MemBufferSize || r.err != nil {
-		t.Errorf("read %d bytes, %v", len(r.b), r.err)
+	if r := netxtest.Await(t, netxtest.ReadAll(server), "read"); len(r.Data) != netx.MemBufferSize || r.Err != nil {
+		t.Errorf("read %d bytes, %v", len(r.Data), r.Err)
 	}
 }
 
 // TestMemFullDuplex streams 8 MiB each way at once in random-sized writes and
 // reads, and checks both with SHA-256.
 func TestMemFullDuplex(t *testing.T) {
-	client, server := memPair(t, srvAddr6)
+	client, server := netxtest.Pair(t, netx.NewMem(), srvAddr6)
 	const size = 8 << 20
 	send := func(c net.Conn, seed uint64) <-chan [32]byte {
 		ch := make(chan [32]byte, 1)
@@ -557,10 +480,10 @@ func TestMemFullDuplex(t *testing.T) {
 	}
 	c2s, s2c := send(client, 1), send(server, 2)
 	atServer, atClient := recv(server), recv(client)
-	if a, b := await(t, c2s, "client send"), await(t, atServer, "server receive"); a != b {
+	if a, b := netxtest.Await(t, c2s, "client send"), netxtest.Await(t, atServer, "server receive"); a != b {
 		t.Error("client to server: checksums differ")
 	}
-	if a, b := await(t, s2c, "server send"), await(t, atClient, "client receive"); a != b {
+	if a, b := netxtest.Await(t, s2c, "server send"), netxtest.Await(t, atClient, "client receive"); a != b {
 		t.Error("server to client: checksums differ")
 	}
 }
@@ -568,7 +491,7 @@ func TestMemFullDuplex(t *testing.T) {
 // TestMemConcurrentWritesDoNotInterleave checks that each Write is delivered
 // contiguously, as on a socket, when goroutines write at once.
 func TestMemConcurrentWritesDoNotInterleave(t *testing.T) {
-	client, server := memPair(t, srvAddr)
+	client, server := netxtest.Pair(t, netx.NewMem(), srvAddr)
 	const writers, size = 4, 3 * netx.MemBufferSize
 	var wg sync.WaitGroup
 	for i := range writers {
@@ -578,15 +501,15 @@ func TestMemConcurrentWritesDoNotInterleave(t *testing.T) {
 			}
 		})
 	}
-	got := readAll(server)
+	got := netxtest.ReadAll(server)
 	wg.Wait()
 	client.Close()
-	r := await(t, got, "read")
-	if len(r.b) != writers*size {
-		t.Fatalf("read %d bytes, want %d", len(r.b), writers*size)
+	r := netxtest.Await(t, got, "read")
+	if len(r.Data) != writers*size {
+		t.Fatalf("read %d bytes, want %d", len(r.Data), writers*size)
 	}
-	for i := 0; i < len(r.b); i += size {
-		if chunk := r.b[i : i+size]; !bytes.Equal(chunk, bytes.Repeat(chunk[:1], size)) {
+	for i := 0; i < len(r.Data); i += size {
+		if chunk := r.Data[i : i+size]; !bytes.Equal(chunk, bytes.Repeat(chunk[:1], size)) {
 			t.Fatalf("write %d arrived interleaved with another", i/size)
 		}
 	}

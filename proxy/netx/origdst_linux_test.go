@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sluice-mesh/sluice/proxy/netx"
+	"github.com/sluice-mesh/sluice/proxy/netx/netxtest"
 	"github.com/sluice-mesh/sluice/test/netns"
 )
 
@@ -134,17 +135,17 @@ func kernelListen(ip string) func(port uint16) (net.Listener, error) {
 // are closed at cleanup.
 func dialAccept(t *testing.T, pod *netns.Pod, ln net.Listener, addr netip.AddrPort) (client, server net.Conn) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+	ctx, cancel := context.WithTimeout(context.Background(), netxtest.HangGuard)
 	defer cancel()
 	err := pod.Do(func() (err error) {
-		client, err = netx.Kernel{DialTimeout: hangGuard}.Dial(ctx, addr)
+		client, err = netx.Kernel{DialTimeout: netxtest.HangGuard}.Dial(ctx, addr)
 		return err
 	})
 	if err != nil {
 		t.Fatalf("dial %v in pod: %v", addr, err)
 	}
 	t.Cleanup(func() { client.Close() })
-	ln.(*net.TCPListener).SetDeadline(time.Now().Add(hangGuard))
+	ln.(*net.TCPListener).SetDeadline(time.Now().Add(netxtest.HangGuard))
 	server, err = ln.Accept()
 	if err != nil {
 		t.Fatalf("accept: %v", err)

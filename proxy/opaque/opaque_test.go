@@ -15,11 +15,9 @@ import (
 	"time"
 
 	"github.com/sluice-mesh/sluice/proxy/netx"
+	"github.com/sluice-mesh/sluice/proxy/netx/netxtest"
 	"github.com/sluice-mesh/sluice/proxy/opaque"
 )
-
-// hangGuard bounds every blocking step; no test comes near it.
-const hangGuard = 30 * time.Second
 
 // network is where a test's four connections live.
 type network struct {
@@ -54,27 +52,9 @@ type conns struct {
 func connect(t *testing.T, n network) conns {
 	t.Helper()
 	nw := n.new()
-	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
-	defer cancel()
-	pair := func(addr netip.AddrPort) (dialed, accepted net.Conn) {
-		ln, err := nw.Listen(ctx, addr)
-		if err != nil {
-			t.Fatalf("listen %v: %v", addr, err)
-		}
-		defer ln.Close()
-		if dialed, err = nw.Dial(ctx, netx.AddrPortOf(ln.Addr())); err != nil {
-			t.Fatalf("dial %v: %v", ln.Addr(), err)
-		}
-		t.Cleanup(func() { dialed.Close() })
-		if accepted, err = ln.Accept(); err != nil {
-			t.Fatalf("accept: %v", err)
-		}
-		t.Cleanup(func() { accepted.Close() })
-		return dialed, accepted
-	}
 	var c conns
-	c.app, c.client = pair(n.addrs[0])
-	c.server, c.srv = pair(n.addrs[1])
+	c.app, c.client = netxtest.Pair(t, nw, n.addrs[0])
+	c.server, c.srv = netxtest.Pair(t, nw, n.addrs[1])
 	return c
 }
 
@@ -86,45 +66,6 @@ func start(t *testing.T, c conns, cnt opaque.Counters) <-chan opaque.Result {
 	ch := make(chan opaque.Result, 1)
 	go func() { ch <- opaque.Relay(ctx, c.client, c.server, cnt) }()
 	return ch
-}
-
-func await[T any](t *testing.T, ch <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(hangGuard):
-		t.Fatalf("%s: hung", what)
-		panic("unreachable")
-	}
-}
-
-func readAll(c net.Conn) <-chan readResult {
-	ch := make(chan readResult, 1)
-	go func() {
-		b, err := io.ReadAll(c)
-		ch <- readResult{b, err}
-	}()
-	return ch
-}
-
-type readResult struct {
-	b   []byte
-	err error
-}
-
-func closeWrite(t *testing.T, c net.Conn) {
-	t.Helper()
-	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
-		t.Fatalf("CloseWrite: %v", err)
-	}
-}
-
-func write(t *testing.T, c net.Conn, s string) {
-	t.Helper()
-	if _, err := c.Write([]byte(s)); err != nil {
-		t.Fatalf("Write: %v", err)
-	}
 }
 
 func resetConn(t *testing.T, c net.Conn) {
@@ -154,17 +95,17 @@ func TestHalfClose(t *testing.T) {
 				}
 				// first says its piece and half-closes; second reads to
 				// EOF, then answers through the still-open direction.
-				write(t, first, "question")
-				closeWrite(t, first)
-				if r := await(t, readAll(second), "read question"); r.err != nil || string(r.b) != "question" {
-					t.Fatalf("read %q, %v; want \"question\" then EOF", r.b, r.err)
+				netxtest.Write(t, first, "question")
+				netxtest.CloseWrite(t, first)
+				if r := netxtest.Await(t, netxtest.ReadAll(second), "read question"); r.Err != nil || string(r.Data) != "question" {
+					t.Fatalf("read %q, %v; want \"question\" then EOF", r.Data, r.Err)
 				}
-				write(t, second, "the answer")
-				closeWrite(t, second)
-				if r := await(t, readAll(first), "read answer"); r.err != nil || string(r.b) != "the answer" {
-					t.Fatalf("read %q, %v; want \"the answer\" then EOF", r.b, r.err)
+				netxtest.Write(t, second, "the answer")
+				netxtest.CloseWrite(t, second)
+				if r := netxtest.Await(t, netxtest.ReadAll(first), "read answer"); r.Err != nil || string(r.Data) != "the answer" {
+					t.Fatalf("read %q, %v; want \"the answer\" then EOF", r.Data, r.Err)
 				}
-				r := await(t, res, "Relay")
+				r := netxtest.Await(t, res, "Relay")
 				wantUp, wantDown := int64(len("question")), int64(len("the answer"))
 				if !tc.clientFirst {
 					wantUp, wantDown = wantDown, wantUp
@@ -238,7 +179,7 @@ func TestChecksum(t *testing.T) {
 				name      string
 				sent, got <-chan sent
 			}{{"client to server", upSent, upGot}, {"server to client", downSent, downGot}} {
-				s, g := await(t, d.sent, d.name+" send"), await(t, d.got, d.name+" receive")
+				s, g := netxtest.Await(t, d.sent, d.name+" send"), netxtest.Await(t, d.got, d.name+" receive")
 				if s.err != nil || g.err != nil {
 					t.Fatalf("%s: send %v, receive %v", d.name, s.err, g.err)
 				}
@@ -246,7 +187,7 @@ func TestChecksum(t *testing.T) {
 					t.Errorf("%s: checksums differ", d.name)
 				}
 			}
-			r := await(t, res, "Relay")
+			r := netxtest.Await(t, res, "Relay")
 			if r.Err != nil || r.ClientToServer != int64(n.big) || r.ServerToClient != int64(n.big) {
 				t.Errorf("Relay = %+v; want %d bytes each way, no error", r, n.big)
 			}
@@ -271,16 +212,16 @@ func TestResetPropagates(t *testing.T) {
 					dying, survivor = c.srv, c.app
 				}
 				// Traffic first, so the relay is in full flow.
-				write(t, dying, "hello")
+				netxtest.Write(t, dying, "hello")
 				buf := make([]byte, 5)
 				if _, err := io.ReadFull(survivor, buf); err != nil {
 					t.Fatal(err)
 				}
 				resetConn(t, dying)
-				if r := await(t, readAll(survivor), "survivor read"); !errors.Is(r.err, syscall.ECONNRESET) {
-					t.Errorf("survivor read %q, %v; want ECONNRESET", r.b, r.err)
+				if r := netxtest.Await(t, netxtest.ReadAll(survivor), "survivor read"); !errors.Is(r.Err, syscall.ECONNRESET) {
+					t.Errorf("survivor read %q, %v; want ECONNRESET", r.Data, r.Err)
 				}
-				r := await(t, res, "Relay")
+				r := netxtest.Await(t, res, "Relay")
 				if !errors.Is(r.Err, syscall.ECONNRESET) {
 					t.Errorf("Relay error %v, want ECONNRESET", r.Err)
 				} else if !bytes.Contains([]byte(r.Err.Error()), []byte(tc.wantInError)) {
@@ -315,7 +256,7 @@ func TestNoCoalescing(t *testing.T) {
 			}()
 			b := []byte{0}
 			for i := range 200 {
-				c.app.SetReadDeadline(time.Now().Add(hangGuard))
+				c.app.SetReadDeadline(time.Now().Add(netxtest.HangGuard))
 				if _, err := c.app.Write(b); err != nil {
 					t.Fatal(err)
 				}
@@ -326,12 +267,12 @@ func TestNoCoalescing(t *testing.T) {
 					t.Fatalf("round %d: got %d", i, b[0])
 				}
 			}
-			closeWrite(t, c.app)
-			if err := await(t, done, "echo"); err != io.EOF {
+			netxtest.CloseWrite(t, c.app)
+			if err := netxtest.Await(t, done, "echo"); err != io.EOF {
 				t.Errorf("echo ended with %v, want EOF", err)
 			}
 			c.srv.Close()
-			if r := await(t, res, "Relay"); r.Err != nil || r.ClientToServer != 200 || r.ServerToClient != 200 {
+			if r := netxtest.Await(t, res, "Relay"); r.Err != nil || r.ClientToServer != 200 || r.ServerToClient != 200 {
 				t.Errorf("Relay = %+v", r)
 			}
 		})
@@ -345,17 +286,17 @@ func TestContextCancelClosesBoth(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			res := make(chan opaque.Result, 1)
 			go func() { res <- opaque.Relay(ctx, c.client, c.server, opaque.Counters{}) }()
-			write(t, c.app, "in flight")
+			netxtest.Write(t, c.app, "in flight")
 			if _, err := io.ReadFull(c.srv, make([]byte, len("in flight"))); err != nil {
 				t.Fatal(err)
 			}
 			cancel()
-			r := await(t, res, "Relay")
+			r := netxtest.Await(t, res, "Relay")
 			if !errors.Is(r.Err, context.Canceled) {
 				t.Errorf("Relay error %v, want context.Canceled", r.Err)
 			}
 			for _, peer := range []net.Conn{c.app, c.srv} {
-				peer.SetReadDeadline(time.Now().Add(hangGuard))
+				peer.SetReadDeadline(time.Now().Add(netxtest.HangGuard))
 				if _, err := peer.Read(make([]byte, 1)); err == nil {
 					t.Errorf("peer still connected after cancel")
 				}
@@ -386,15 +327,15 @@ func TestWithoutCloseWrite(t *testing.T) {
 			c := connect(t, n)
 			c.server = plain{c.server}
 			res := start(t, c, opaque.Counters{})
-			write(t, c.app, "last")
-			closeWrite(t, c.app)
-			if r := await(t, readAll(c.srv), "server read"); r.err != nil || string(r.b) != "last" {
-				t.Errorf("server read %q, %v", r.b, r.err)
+			netxtest.Write(t, c.app, "last")
+			netxtest.CloseWrite(t, c.app)
+			if r := netxtest.Await(t, netxtest.ReadAll(c.srv), "server read"); r.Err != nil || string(r.Data) != "last" {
+				t.Errorf("server read %q, %v", r.Data, r.Err)
 			}
-			if r := await(t, readAll(c.app), "client read"); r.err != nil || len(r.b) != 0 {
-				t.Errorf("client read %q, %v; want EOF", r.b, r.err)
+			if r := netxtest.Await(t, netxtest.ReadAll(c.app), "client read"); r.Err != nil || len(r.Data) != 0 {
+				t.Errorf("client read %q, %v; want EOF", r.Data, r.Err)
 			}
-			if r := await(t, res, "Relay"); r.Err != nil {
+			if r := netxtest.Await(t, res, "Relay"); r.Err != nil {
 				t.Errorf("Relay error %v", r.Err)
 			}
 		})
@@ -410,10 +351,10 @@ func TestResetThroughWrapper(t *testing.T) {
 			c.client = plain{plain{c.client}}
 			res := start(t, c, opaque.Counters{})
 			resetConn(t, c.srv)
-			if r := await(t, readAll(c.app), "client read"); !errors.Is(r.err, syscall.ECONNRESET) {
-				t.Errorf("client read %q, %v; want ECONNRESET", r.b, r.err)
+			if r := netxtest.Await(t, netxtest.ReadAll(c.app), "client read"); !errors.Is(r.Err, syscall.ECONNRESET) {
+				t.Errorf("client read %q, %v; want ECONNRESET", r.Data, r.Err)
 			}
-			await(t, res, "Relay")
+			netxtest.Await(t, res, "Relay")
 		})
 	}
 }
