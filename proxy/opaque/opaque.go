@@ -54,12 +54,18 @@ func Relay(ctx context.Context, client, server net.Conn, cnt Counters) Result {
 	r := &relay{conns: [2]net.Conn{client, server}}
 	c2s := &halfCopier{r: r, name: "client to server", src: 0, dst: 1, count: cnt.ClientToServer}
 	s2c := &halfCopier{r: r, name: "server to client", src: 1, dst: 0, count: cnt.ServerToClient}
-	stop := context.AfterFunc(ctx, func() { r.cancel(ctx) })
+	cancelled := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(cancelled)
+		r.cancel(ctx)
+	})
 	var wg sync.WaitGroup
 	wg.Go(c2s.run)
 	wg.Go(s2c.run)
 	wg.Wait()
-	stop()
+	if !stop() {
+		<-cancelled // the cancel ran or is running: let it finish first
+	}
 	r.closeAll()
 	r.mu.Lock()
 	defer r.mu.Unlock()
