@@ -358,3 +358,39 @@ func TestResetThroughWrapper(t *testing.T) {
 		})
 	}
 }
+
+// spliceable offers ReadFrom and WriteTo, as *net.TCPConn does; io.Copy
+// would use them (and splice(2) between two TCP sockets). Relay must not.
+type spliceable struct {
+	net.Conn
+	used *atomic.Bool
+}
+
+func (s spliceable) ReadFrom(r io.Reader) (int64, error) {
+	s.used.Store(true)
+	return io.Copy(struct{ io.Writer }{s.Conn}, r)
+}
+
+func (s spliceable) WriteTo(w io.Writer) (int64, error) {
+	s.used.Store(true)
+	return io.Copy(w, struct{ io.Reader }{s.Conn})
+}
+
+func (s spliceable) CloseWrite() error { return s.Conn.(interface{ CloseWrite() error }).CloseWrite() }
+
+func TestNoReadFromWriteTo(t *testing.T) {
+	c := connect(t, networks[0])
+	var used atomic.Bool
+	c.client, c.server = spliceable{c.client, &used}, spliceable{c.server, &used}
+	res := start(t, c, opaque.Counters{})
+	netxtest.Write(t, c.app, "data")
+	netxtest.CloseWrite(t, c.app)
+	netxtest.CloseWrite(t, c.srv)
+	if r := netxtest.Await(t, netxtest.ReadAll(c.srv), "read"); string(r.Data) != "data" {
+		t.Errorf("server read %q, %v", r.Data, r.Err)
+	}
+	netxtest.Await(t, res, "Relay")
+	if used.Load() {
+		t.Error("Relay copied with ReadFrom or WriteTo")
+	}
+}
