@@ -1,0 +1,320 @@
+package proxy
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// loadResult is loadgen's JSON line (test/cmd/loadgen Result).
+type loadResult struct {
+	Requests     int64   `json:"requests"`
+	Seconds      float64 `json:"seconds"`
+	RPS          float64 `json:"rps"`
+	P50Ns        int64   `json:"p50_ns"`
+	P90Ns        int64   `json:"p90_ns"`
+	P99Ns        int64   `json:"p99_ns"`
+	P999Ns       int64   `json:"p999_ns"`
+	MaxNs        int64   `json:"max_ns"`
+	MeanNs       int64   `json:"mean_ns"`
+	SendLagP50Ns int64   `json:"send_lag_p50_ns"`
+	SendLagP99Ns int64   `json:"send_lag_p99_ns"`
+	Errors       int64   `json:"errors"`
+	FirstError   string  `json:"first_error"`
+	Reconnects   int64   `json:"reconnects"`
+}
+
+// run is one load run of one case: the load generator's result and what
+// the proxy used meanwhile.
+type run struct {
+	res loadResult
+	cpu time.Duration // the proxy's CPU time during the run (all its processes)
+	rss []int64       // the proxy's peak VmRSS during the run, KiB, per process
+}
+
+// kind names a load: the fixed-rate loads per protocol and the closed loop.
+type kind int
+
+const (
+	fixedHTTP kind = iota
+	fixedGRPC
+	maxHTTP
+	numKinds
+)
+
+// caseResult is everything measured for one case over the rounds.
+type caseResult struct {
+	name  string
+	procs []string // names of the proxy's processes (none for direct)
+	runs  [numKinds][]run
+	// Memory of the proxy's processes, KiB each: VmRSS when idle after
+	// start, VmHWM after the fixed-rate runs and at the end.
+	idle, hwmFixed, hwmEnd []int64
+	counters               map[string]uint64 // eBPF counters moved during its runs
+}
+
+// figure is one value taken from each round.
+type figure func(r run) float64
+
+var (
+	p50   figure = func(r run) float64 { return float64(r.res.P50Ns) / 1e3 }
+	p99   figure = func(r run) float64 { return float64(r.res.P99Ns) / 1e3 }
+	p999  figure = func(r run) float64 { return float64(r.res.P999Ns) / 1e3 }
+	rps   figure = func(r run) float64 { return r.res.RPS }
+	lag99 figure = func(r run) float64 { return float64(r.res.SendLagP99Ns) / 1e3 }
+	// cpuPerReq is the proxy's CPU time per request, µs.
+	cpuPerReq figure = func(r run) float64 {
+		return float64(r.cpu.Microseconds()) / float64(max(r.res.Requests, 1))
+	}
+	// cpuUse is the proxy's CPU use during the run, in % of one CPU.
+	cpuUse figure = func(r run) float64 { return 100 * r.cpu.Seconds() / r.res.Seconds }
+	// rpsPerCPU is requests per second of proxy CPU time.
+	rpsPerCPU figure = func(r run) float64 {
+		if r.cpu <= 0 {
+			return 0
+		}
+		return float64(r.res.Requests) / r.cpu.Seconds()
+	}
+	// rssSum is the proxy's peak VmRSS during the run, MB, all processes.
+	rssSum figure = func(r run) float64 {
+		var s int64
+		for _, v := range r.rss {
+			s += v
+		}
+		return kibToMB(s)
+	}
+)
+
+func kibToMB(k int64) float64 { return float64(k) * 1024 / 1e6 }
+
+// spread is the median and range of one figure across rounds.
+type spread struct{ med, lo, hi float64 }
+
+func spreadOf(v []float64) spread {
+	if len(v) == 0 {
+		return spread{}
+	}
+	v = slices.Clone(v)
+	slices.Sort(v)
+	n := len(v)
+	med := v[n/2]
+	if n%2 == 0 {
+		med = (v[n/2-1] + v[n/2]) / 2
+	}
+	return spread{med: med, lo: v[0], hi: v[n-1]}
+}
+
+// over takes f from each run.
+func over(rs []run, f figure) spread {
+	v := make([]float64, len(rs))
+	for i, r := range rs {
+		v[i] = f(r)
+	}
+	return spreadOf(v)
+}
+
+// added pairs each round of c with the same round of base: the figure of c
+// minus that of base, so drift between rounds hits both alike.
+func added(c, base []run, f figure) spread {
+	n := min(len(c), len(base))
+	v := make([]float64, n)
+	for i := range n {
+		v[i] = f(c[i]) - f(base[i])
+	}
+	return spreadOf(v)
+}
+
+func (s spread) format(prec int) string {
+	return fmt.Sprintf("%.*f (%.*f – %.*f)", prec, s.med, prec, s.lo, prec, s.hi)
+}
+
+// env describes the run for the report.
+type env struct {
+	when, machine, versions, command, load string
+	rounds, rate, conns, maxConns          int
+	duration, maxDuration, warmup          time.Duration
+	proxyCPU, clientCPU                    string
+}
+
+// methodology says what the cases and figures are.
+func methodology(e env) string {
+	return `
+## How it is measured
+
+Topology: one netns node (test/netns) with an eBPF-mode sluice-agent, a client pod and a server pod on the
+node's bridge; every request crosses the client pod's veth, the bridge and the server pod's veth, then:
+
+- **direct**: reaches the app (` + "`loadgen serve`" + `: HTTP/1.1 + h2c and grpc-go's health service, 64-byte
+  answers) on a port the agent does not steer. The baseline: no proxy.
+- **sluice-proxy**: goes to the app's steered port; the agent's sk_lookup program hands the connection to
+  sluice-proxy's inbound listener (4143), which forwards it to the app on 127.0.0.1, same port: one proxied hop,
+  the server side of a meshed request. sluice-proxy runs with its defaults (tap and admin listeners on,
+  ` + "`SLUICE_PROXY_LOG_LEVEL=warn`" + `) and ` + "`SLUICE_PROXY_REQUIRE_STEERING=false`" + `; the pod is enrolled
+  with the agent's defaults, so loopback socket pairs in it (proxy→app, and nginx→app) are in the sk_msg redirect's
+  SOCKHASH.
+- **nginx**: goes to nginx in the server pod on a port the agent does not steer; nginx forwards to the
+  app on 127.0.0.1: ` + "`worker_processes 1`, `access_log off`" + `, HTTP/1.1 upstream keep-alive
+  (` + "`proxy_http_version 1.1`, `keepalive 64`" + `, no request limit per connection on either side) and
+  ` + "`grpc_pass`" + ` over h2c for gRPC. The configuration is in test/bench/proxy/procs_linux_test.go.
+
+Placement: sluice-proxy and nginx (master and worker) run as uid 2102, pinned with taskset to CPU ` + e.proxyCPU + `,
+alone; the load generator and the app are pinned to CPU ` + e.clientCPU + `. sluice-proxy's Go runtime therefore
+runs with GOMAXPROCS=1, and "per proxy core" means on that one CPU. The proxy's CPU time comes from
+utime+stime in /proc/<pid>/stat (for nginx, master + worker), counted over the whole run and scaled to the
+measured part; "req/s per proxy CPU-second" divides the measured requests by it, which stays meaningful
+when the client side and not the proxy is the bottleneck (then the proxy's CPU use stays under 100 %).
+
+Load: ` + "`test/cmd/loadgen`" + ` in the client pod. The fixed-rate runs schedule request i at start + i/rate
+and measure its latency from that scheduled time, whether or not a connection was free (wrk2's correction of
+coordinated omission), into a log-linear histogram with under 1 % error. Sends wait with nanosleep; the
+"send lag" column is how late sends started against the schedule, the load generator's own timing noise,
+which lands in every case alike. The maximum-throughput runs are closed loops: each connection sends
+its next request when the previous answer arrives.
+
+Rounds: every round runs every case once, in an order that rotates from round to round, so drift
+(other work on the machine, thermal, page cache) hits all cases alike; "added" latency is computed per
+round against the direct run of the same round, then the median is taken. All fixed-rate rounds run first,
+then the throughput rounds, so the memory figures at ` + fmt.Sprint(e.rate) + ` req/s are not inflated by the
+maximum-throughput runs. Memory: VmRSS from /proc/<pid>/status idle after start, sampled every 100 ms during
+each run (largest sample), and VmHWM (the peak since start). For nginx, the sum of master and worker counts the
+pages they share twice.
+`
+}
+
+// markdown renders the report: the tables and how they were measured.
+func markdown(e env, cases []*caseResult, notes string) string {
+	var sb strings.Builder
+	direct := cases[0]
+	fmt.Fprintf(&sb, "# Proxy benchmark\n\n")
+	fmt.Fprintf(&sb, "Machine: %s.  \nVersions: %s.  \n", e.machine, e.versions)
+	fmt.Fprintf(&sb, "Run: %s, %d rounds; %s.  \n", e.when, e.rounds, e.load)
+	fmt.Fprintf(&sb, "Reproduce: `%s`\n\n", e.command)
+	fmt.Fprintf(&sb, "Each cell: median over the %d rounds of that round's figure (min – max across rounds). "+
+		"\"Added\" is the case's figure minus direct's in the same round.\n\n", e.rounds)
+
+	for _, k := range []kind{fixedHTTP, fixedGRPC} {
+		proto := map[kind]string{fixedHTTP: "HTTP/1.1", fixedGRPC: "gRPC (unary)"}[k]
+		fmt.Fprintf(&sb, "## Latency at %d req/s, %s\n\n", e.rate, proto)
+		sb.WriteString("| case | p50 (µs) | p99 (µs) | p99.9 (µs) | added p50 (µs) | added p99 (µs) | added p99.9 (µs) | proxy CPU per request (µs) | load generator's send lag p99 (µs) | failed requests |\n")
+		sb.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, c := range cases {
+			rs := c.runs[k]
+			a50, a99, a999, cpu := "—", "—", "—", "—"
+			if c != direct {
+				a50 = added(rs, direct.runs[k], p50).format(0)
+				a99 = added(rs, direct.runs[k], p99).format(0)
+				a999 = added(rs, direct.runs[k], p999).format(0)
+				cpu = over(rs, cpuPerReq).format(1)
+			}
+			fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |\n", c.name,
+				over(rs, p50).format(0), over(rs, p99).format(0), over(rs, p999).format(0),
+				a50, a99, a999, cpu, over(rs, lag99).format(0), errorsOf(rs))
+		}
+		sb.WriteString("\n")
+	}
+
+	fmt.Fprintf(&sb, "## Maximum throughput, HTTP/1.1, %d connections, proxy pinned to one CPU\n\n", e.maxConns)
+	sb.WriteString("| case | req/s | proxy CPU use (% of one CPU) | req/s per proxy CPU-second | limited by | failed requests |\n")
+	sb.WriteString("|---|---:|---:|---:|---|---:|\n")
+	for _, c := range cases {
+		rs := c.runs[maxHTTP]
+		use, per, bound := "—", "—", "the client and the app (CPU "+e.clientCPU+")"
+		if c != direct {
+			u := over(rs, cpuUse)
+			use, per = u.format(0), over(rs, rpsPerCPU).format(0)
+			if u.med >= saturated {
+				bound = "the proxy's CPU"
+			}
+		}
+		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %d |\n", c.name, over(rs, rps).format(0), use, per, bound, errorsOf(rs))
+	}
+	fmt.Fprintf(&sb, "\nA proxy whose CPU use stays under %d %% was not the bottleneck: the load generator and the app, sharing CPU %s, were. "+
+		"Its req/s then understates what it can do on one core, and req/s per proxy CPU-second is the figure to compare.\n", saturated, e.clientCPU)
+
+	sb.WriteString("\n## Proxy memory (MB = 10^6 bytes)\n\n")
+	sb.WriteString("| case | processes | VmRSS idle, after start | VmRSS at " + fmt.Sprint(e.rate) + " req/s (peak sampled every 100 ms; median over the fixed-rate runs) | VmHWM after the fixed-rate runs | VmHWM at the end (after the maximum-throughput runs) |\n")
+	sb.WriteString("|---|---|---:|---:|---:|---:|\n")
+	for _, c := range cases[1:] {
+		fixed := append(slices.Clone(c.runs[fixedHTTP]), c.runs[fixedGRPC]...)
+		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s |\n", c.name, strings.Join(c.procs, " + "),
+			memCell(c.idle), over(fixed, rssSum).format(1), memCell(c.hwmFixed), memCell(c.hwmEnd))
+	}
+
+	sb.WriteString("\n## Targets (issue 3)\n\n")
+	sb.WriteString(targets(e, cases))
+	sb.WriteString(methodology(e))
+	sb.WriteString(notes)
+	return sb.String()
+}
+
+// memCell formats per-process KiB as the MB total, with the parts when
+// there are several processes.
+func memCell(kib []int64) string {
+	var sum int64
+	parts := make([]string, len(kib))
+	for i, k := range kib {
+		sum += k
+		parts[i] = fmt.Sprintf("%.1f", kibToMB(k))
+	}
+	if len(kib) < 2 {
+		return fmt.Sprintf("%.1f", kibToMB(sum))
+	}
+	return fmt.Sprintf("%.1f (%s)", kibToMB(sum), strings.Join(parts, " + "))
+}
+
+func errorsOf(rs []run) int64 {
+	var n int64
+	for _, r := range rs {
+		n += r.res.Errors
+	}
+	return n
+}
+
+// saturated is the CPU use (% of one CPU) from which a proxy counts as the
+// bottleneck of a maximum-throughput run.
+const saturated = 90
+
+// rssLimitMB is the issue's memory target: RSS ≤ 20 MB at 1000 req/s.
+const rssLimitMB = 20
+
+// targets renders the issue's three targets for sluice-proxy against nginx.
+func targets(e env, cases []*caseResult) string {
+	var sluice, nginx *caseResult
+	for _, c := range cases {
+		switch c.name {
+		case caseSluice:
+			sluice = c
+		case caseNginx:
+			nginx = c
+		}
+	}
+	if sluice == nil || nginx == nil {
+		return "Not evaluated: the run did not include both sluice-proxy and nginx.\n"
+	}
+	direct := cases[0]
+	var sb strings.Builder
+	sb.WriteString("| target | sluice-proxy | nginx | met |\n|---|---:|---:|---|\n")
+	met := func(ok bool) string {
+		if ok {
+			return "yes"
+		}
+		return "**no**"
+	}
+	for _, k := range []kind{fixedHTTP, fixedGRPC} {
+		proto := map[kind]string{fixedHTTP: "HTTP/1.1", fixedGRPC: "gRPC"}[k]
+		s := added(sluice.runs[k], direct.runs[k], p99).med
+		n := added(nginx.runs[k], direct.runs[k], p99).med
+		fmt.Fprintf(&sb, "| p99 latency added per hop at %d req/s, %s: sluice-proxy ≤ nginx (µs) | %.0f | %.0f | %s |\n", e.rate, proto, s, n, met(s <= n))
+	}
+	fixed := append(slices.Clone(sluice.runs[fixedHTTP]), sluice.runs[fixedGRPC]...)
+	nfixed := append(slices.Clone(nginx.runs[fixedHTTP]), nginx.runs[fixedGRPC]...)
+	rss := over(fixed, rssSum).hi
+	fmt.Fprintf(&sb, "| RSS at %d req/s ≤ %d MB (largest sampled VmRSS over all fixed-rate runs, MB) | %.1f | %.1f | %s |\n",
+		e.rate, rssLimitMB, rss, over(nfixed, rssSum).hi, met(rss <= rssLimitMB))
+	s, n := over(sluice.runs[maxHTTP], rpsPerCPU).med, over(nginx.runs[maxHTTP], rpsPerCPU).med
+	fmt.Fprintf(&sb, "| HTTP/1.1 throughput per proxy core ≥ nginx's (req/s per proxy CPU-second) | %.0f | %.0f | %s |\n", s, n, met(s >= n))
+	s, n = over(sluice.runs[maxHTTP], rps).med, over(nginx.runs[maxHTTP], rps).med
+	fmt.Fprintf(&sb, "| HTTP/1.1 maximum req/s with the proxy pinned to one core ≥ nginx's | %.0f | %.0f | %s |\n", s, n, met(s >= n))
+	return sb.String()
+}
