@@ -39,6 +39,9 @@ bench: ## The mesh benchmark (issue 4): not yet; see bench-steering.
 bench-steering: deps build ## Benchmark connect(), latency and throughput: none, iptables, eBPF, eBPF+sk_msg.
 	$(GO) test -count=1 -timeout 30m -run '^$$' -bench . -benchtime 1x ./test/bench/steering/ -args -report
 
+bench-proxy: deps ## Benchmark sluice-proxy against nginx: added latency at 1000 req/s, req/s per core, RSS.
+	$(GO) test -count=1 -timeout 30m -run '^$$' -bench . -benchtime 1x ./test/bench/proxy/ -args -report
+
 lint: ## gofmt, go vet and staticcheck.
 	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$')); [ -z "$$bad" ] || { echo "gofmt needed: $$bad"; exit 1; }
 	$(GO) vet $(PKGS)
