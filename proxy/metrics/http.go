@@ -68,13 +68,13 @@ func (s *HTTPSeries) Request() {
 }
 
 // Response records one finished response: response_total and
-// response_latency_ms. status 0 means no status (only an error happened)
-// and leaves status_code out; grpcStatus < 0 means none and leaves
+// response_latency_ms. status 0 (or negative) means no status (only an
+// error happened) and leaves status_code out; grpcStatus < 0 means none and leaves
 // grpc_status out; errLabel "" means no error (e.g. "connect_refused",
 // "response_timeout") and leaves error out. See Classify for the
 // classification.
 func (s *HTTPSeries) Response(status int, grpcStatus int, errLabel string, latency time.Duration) {
-	st := s.statuses.get(status, s.newStatus)
+	st := s.statuses.get(max(status, 0), s.newStatus)
 	st.latency.observe(latency)
 	if grpcStatus < 0 {
 		grpcStatus = -1

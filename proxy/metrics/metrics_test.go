@@ -371,6 +371,7 @@ func TestResponseLabels(t *testing.T) {
 		{"error only", 0, -1, "connect_timeout", []string{"classification", "failure", "error", "connect_timeout"}},
 		{"error after status", 200, -1, "stream_reset", []string{"status_code", "200", "classification", "failure", "error", "stream_reset"}},
 		{"grpc below -1 is none", 200, -7, "", []string{"status_code", "200", "classification", "success"}},
+		{"negative status is none", -1, -1, "canceled", []string{"classification", "failure", "error", "canceled"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r := metrics.New(metrics.Options{})
