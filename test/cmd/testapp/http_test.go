@@ -30,6 +30,11 @@ func TestHTTP(t *testing.T) {
 						t.Errorf("echo answered %q, x-app-name %v", rs[0].Body, rs[0].Headers["X-App-Name"])
 					}
 				}},
+				{"full-duplex echo", []string{"--url", base + "/echo", "--upload-bytes", "10485760", "--seed", "15"}, func(t *testing.T, rs []HTTPResult) {
+					if want := payload.SHA256(15, 10<<20); rs[0].Bytes != 10<<20 || rs[0].SHA256 != want || rs[0].SentSHA256 != want {
+						t.Errorf("echo of 10 MiB: %d bytes with sha256 %s, want %s", rs[0].Bytes, rs[0].SHA256, want)
+					}
+				}},
 				{"chunked upload with 100-continue", []string{"--url", base + "/sha256", "--upload-bytes", fmt.Sprint(upload), "--seed", "3", "--expect-continue"}, func(t *testing.T, rs []HTTPResult) {
 					var a SHA256Answer
 					if err := json.Unmarshal([]byte(rs[0].Body), &a); err != nil {
@@ -58,6 +63,11 @@ func TestHTTP(t *testing.T) {
 				{"status", []string{"--url", base + "/status/503"}, func(t *testing.T, rs []HTTPResult) {
 					if rs[0].Status != 503 {
 						t.Errorf("status %d", rs[0].Status)
+					}
+				}},
+				{"100-continue refused", []string{"--url", base + "/status/413", "--upload-bytes", "1000000", "--expect-continue"}, func(t *testing.T, rs []HTTPResult) {
+					if rs[0].Status != 413 || rs[0].Got100Continue {
+						t.Errorf("status %d, 100 Continue %v; want 413 without 100", rs[0].Status, rs[0].Got100Continue)
 					}
 				}},
 				{"delay", []string{"--url", base + "/delay?d=10ms"}, func(t *testing.T, rs []HTTPResult) {

@@ -43,7 +43,7 @@ type HTTPResult struct {
 	Body           string              `json:"body,omitempty"`
 	Headers        map[string][]string `json:"headers,omitempty"`
 	Trailers       map[string][]string `json:"trailers,omitempty"`
-	Sent           int64               `json:"sent"` // request body
+	Sent           int64               `json:"sent"` // request body (what was to be sent)
 	SentSHA256     string              `json:"sent_sha256,omitempty"`
 	Got100Continue bool                `json:"got_100_continue"`
 	Reused         bool                `json:"reused"` // the request went on a connection used before
@@ -140,14 +140,15 @@ func (o *httpOptions) one(ctx context.Context, client *http.Client, n int) HTTPR
 	})
 	method := o.method
 	var body io.Reader
-	sent := sha256.New()
 	switch {
 	case o.uploadBytes >= 0:
 		// A reader of unknown length: net/http sends it chunked.
-		body = io.NopCloser(io.TeeReader(payload.NewReader(o.seed, o.uploadBytes), sent))
+		body = io.NopCloser(payload.NewReader(o.seed, o.uploadBytes))
+		res.Sent, res.SentSHA256 = o.uploadBytes, payload.SHA256(o.seed, o.uploadBytes)
 	case o.body != "":
 		body = strings.NewReader(o.body)
-		sent.Write([]byte(o.body))
+		sum := sha256.Sum256([]byte(o.body))
+		res.Sent, res.SentSHA256 = int64(len(o.body)), hex.EncodeToString(sum[:])
 	}
 	if method == "" {
 		method = http.MethodGet
@@ -171,14 +172,6 @@ func (o *httpOptions) one(ctx context.Context, client *http.Client, n int) HTTPR
 		req.Header.Set("Expect", "100-continue")
 	}
 	resp, err := client.Do(req)
-	if o.uploadBytes >= 0 {
-		res.Sent = o.uploadBytes
-	} else {
-		res.Sent = int64(len(o.body))
-	}
-	if body != nil {
-		res.SentSHA256 = hex.EncodeToString(sent.Sum(nil))
-	}
 	if err != nil {
 		res.Err = err.Error()
 		return res

@@ -42,7 +42,7 @@ func newCmdServe() *cobra.Command {
   /echo              echoes the request body (full duplex)
   /sha256            reads the whole body, answers {"bytes","sha256",...}
   /bytes?n=N&seed=S  streams N deterministic bytes, trailer x-sha256
-  /status/CODE       answers CODE
+  /status/CODE       answers CODE without reading the body
   /delay?d=50ms      answers after the delay
   /headers           answers the received request as JSON
   /ws                WebSocket echo
