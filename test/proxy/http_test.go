@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -47,6 +48,18 @@ type headersAnswer struct {
 
 // bigBody is the size of the large uploads and downloads.
 const bigBody = 100 << 20
+
+// linkerdBuckets are the le values of Linkerd's response_latency_ms.
+var linkerdBuckets = []string{"1", "2", "3", "4", "5", "10", "20", "30", "40", "50", "100", "200", "300", "400", "500",
+	"1000", "2000", "3000", "4000", "5000", "10000", "20000", "30000", "40000", "50000", "+Inf"}
+
+// sameSet reports whether a and b hold the same strings, in any order.
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
+}
 
 // get runs `testapp http` in the client pod and checks every request got
 // an answer.
@@ -103,6 +116,14 @@ func TestHTTP1(t *testing.T) {
 				t.Errorf("no tcp_open_total%s; outbound dst series:\n%s", dst, m.Format("tcp_open_total", proxytest.Labels{"direction": "outbound", "peer": "dst"}))
 			}
 			s.expect(t, e.server, le("tcp_open_total", e.tcpLabels("inbound", "src", httpPort), 1))
+			// Linkerd's latency buckets, so its dashboards' quantiles work.
+			var les []string
+			for _, b := range m.Samples("response_latency_ms_bucket", with(e.outHTTP(httpPort), "status_code", "200")) {
+				les = append(les, b.Labels["le"])
+			}
+			if want := linkerdBuckets; !sameSet(les, want) {
+				t.Errorf("response_latency_ms buckets %v, want %v", les, want)
+			}
 		})
 
 		t.Run("keep-alive/curl", func(t *testing.T) {
