@@ -56,6 +56,11 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		// An upgrade (WebSocket and the like) needs HTTP/1.1 end to end.
 		t.Proto, t.OrigProto = HTTP1, false
 	}
+	if r.ProtoMajor == 1 {
+		// Let the response flow while the request body still arrives, as
+		// HTTP/2 always does (full-duplex streaming over HTTP/1.1).
+		_ = http.NewResponseController(w).EnableFullDuplex()
+	}
 	t.Series.Request()
 	x := &exchange{p: p, ci: ci, t: t, start: start}
 	if p.o.Tap != nil && p.o.Tap.Active() {
@@ -111,6 +116,17 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	} else {
 		pr.Out.Header.Del(OrigProtoHeader)
 	}
+	// Go's HTTP/2 server answers Expect: 100-continue itself and hides the
+	// header from handlers, so a proxy carrying such a request over HTTP/2
+	// names it in ExpectHeader and the next proxy restores it: the 100
+	// then comes from the application, or not at all when it refuses.
+	if pr.Out.Header.Get(ExpectHeader) != "" {
+		pr.Out.Header.Del(ExpectHeader)
+		pr.Out.Header.Set("Expect", "100-continue")
+	}
+	if x.t.Proto == H2 && strings.EqualFold(pr.Out.Header.Get("Expect"), "100-continue") {
+		pr.Out.Header.Set(ExpectHeader, "100-continue")
+	}
 }
 
 // modifyResponse records the response's head and wraps its body to see
@@ -143,9 +159,18 @@ type responseBody struct {
 func (b *responseBody) Read(buf []byte) (int, error) {
 	n, err := b.ReadCloser.Read(buf)
 	b.x.bytes += uint64(n)
-	if err == io.EOF && !b.x.ended {
+	complete := b.resp.ContentLength >= 0 && b.x.bytes >= uint64(b.resp.ContentLength)
+	switch {
+	case b.x.ended:
+	case err == io.EOF, complete:
+		// The whole response has arrived (a client that got all of a
+		// Content-Length body may close before the upstream's end of
+		// stream reaches the proxy).
 		b.x.end(grpcStatus(b.resp), "", b.resp.Trailer)
-	} else if err != nil && !b.x.ended {
+	case err != nil && b.resp.Request.Context().Err() != nil:
+		b.x.end(-1, "canceled", nil)
+	case err != nil:
+		b.x.p.log.Warn("response body failed", "authority", b.resp.Request.Host, "endpoint", b.x.t.Addr, "bytes", b.x.bytes, "error", err)
 		b.x.end(-1, "upstream_reset", nil)
 	}
 	return n, err

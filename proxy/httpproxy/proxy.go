@@ -40,6 +40,10 @@ import (
 // talks HTTP/1.1 to the application.
 const OrigProtoHeader = "sluice-orig-proto"
 
+// ExpectHeader carries Expect: 100-continue between two Sluice proxies
+// over HTTP/2, whose server would otherwise consume it.
+const ExpectHeader = "sluice-expect"
+
 // ErrorHeader names the cause of a response that the proxy made itself.
 const ErrorHeader = "sluice-proxy-error"
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"time"
 
 	"github.com/sluice-mesh/sluice/proxy/metrics"
 	"github.com/sluice-mesh/sluice/proxy/tcpstats"
@@ -26,7 +27,7 @@ func (p *Proxy) transports() (h1, h2 *http.Transport) {
 			MaxIdleConnsPerHost:   1024,
 			IdleConnTimeout:       p.o.IdleTimeout,
 			ResponseHeaderTimeout: p.o.ResponseHeaderTimeout,
-			ExpectContinueTimeout: 0, // pass Expect: 100-continue on; the upstream answers it
+			ExpectContinueTimeout: time.Second, // Expect: 100-continue waits for the upstream's 100 (as curl does) before the body moves
 			DisableCompression:    true,
 			WriteBufferSize:       32 << 10,
 			ReadBufferSize:        32 << 10,

@@ -2,6 +2,8 @@ package server
 
 import (
 	"bufio"
+	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"time"
@@ -76,8 +78,9 @@ func (s *Server) serve(c net.Conn, ci *httpproxy.ConnInfo, hp *httpproxy.Proxy, 
 		return
 	}
 	proto, dc, err := detect.Detect(c, s.cfg.DetectTimeout)
-	if err != nil && len(dc.Peeked()) == 0 {
-		// Closed or reset before a byte: nothing to forward.
+	if err != nil && len(dc.Peeked()) == 0 && !errors.Is(err, io.EOF) {
+		// Reset before a byte: nothing to forward. (A clean half-close
+		// before any byte is relayed: the server may still speak.)
 		c.Close()
 		return
 	}
