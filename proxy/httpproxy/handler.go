@@ -81,9 +81,11 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (x *exchange) tapInfo(r *http.Request) *tap.RequestInfo {
-	dir := tappb.TapEvent_OUTBOUND
+	dir, dst := tappb.TapEvent_OUTBOUND, x.t.Addr
 	if x.ci.Direction == "inbound" {
-		dir = tappb.TapEvent_INBOUND
+		// The destination is the pod's own address, not the loopback
+		// address the application is reached on.
+		dir, dst = tappb.TapEvent_INBOUND, x.ci.OrigDst
 	}
 	labels := make(map[string]string, len(x.t.DstLabels)+1)
 	for k, v := range x.t.DstLabels {
@@ -93,7 +95,7 @@ func (x *exchange) tapInfo(r *http.Request) *tap.RequestInfo {
 	return &tap.RequestInfo{
 		Direction:         dir,
 		Source:            x.ci.Client,
-		Destination:       x.t.Addr,
+		Destination:       dst,
 		DestinationLabels: labels,
 		Method:            r.Method,
 		Scheme:            "http",
