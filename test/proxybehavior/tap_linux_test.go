@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -141,7 +142,9 @@ func TestTap(t *testing.T) {
 			ev := newTapEvents(stream)
 			// Keep sending matching requests until the tap ends.
 			stop := make(chan struct{})
-			sent := make(chan int)
+			stopSending := sync.OnceFunc(func() { close(stop) })
+			defer stopSending()
+			sent := make(chan int, 1)
 			go func() {
 				n := 0
 				defer func() { sent <- n }()
@@ -160,7 +163,7 @@ func TestTap(t *testing.T) {
 				}
 			}()
 			xs, err := ev.all(t)
-			close(stop)
+			stopSending()
 			n := <-sent
 			if err != nil {
 				t.Fatalf("the tap ended with %v, want a clean end (io.EOF) after %d requests", err, limit)
