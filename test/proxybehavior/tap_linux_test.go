@@ -121,7 +121,7 @@ func TestTap(t *testing.T) {
 				t.Fatalf("tap saw %d requests %v, want the %d matching ones %v", len(got), paths, len(want), want)
 			}
 			for i, x := range got {
-				x.check(t, want[i], m.Node.GatewayV4())
+				x.check(t, want[i], m.Node.GatewayV4(), netip.AddrPortFrom(web.IPv4(), appPort))
 			}
 			// The /delay request took at least its 50 ms at the app.
 			for _, x := range got {
@@ -253,7 +253,7 @@ type tapExchange struct {
 func (x *tapExchange) path() string { return x.init.GetPath() }
 
 // check compares x with the request the client made.
-func (x *tapExchange) check(t *testing.T, want tapRequest, clientIP netip.Addr) {
+func (x *tapExchange) check(t *testing.T, want tapRequest, clientIP netip.Addr, podAddr netip.AddrPort) {
 	t.Helper()
 	name := want.method + " " + want.path
 	if got := strings.Join(x.order, ","); got != "request_init,response_init,response_end" {
@@ -281,12 +281,10 @@ func (x *tapExchange) check(t *testing.T, want tapRequest, clientIP netip.Addr) 
 	if x.first.GetProxyDirection() != tappb.TapEvent_INBOUND {
 		t.Errorf("%s: direction %s, want INBOUND", name, x.first.GetProxyDirection())
 	}
-	// The destination is where the client connected: the pod's port. Its
-	// IP is not compared yet: for inbound requests the proxy reports the
-	// application's loopback address (127.0.0.1:8080) instead of the pod
-	// IP that Linkerd's tap shows, a known bug of the proxy.
-	if dst, ok := discovery.AddrFromAPI(x.first.GetDestination()); !ok || dst.Port() != appPort {
-		t.Errorf("%s: destination %v, want port %d", name, dst, appPort)
+	// The destination is where the client connected: the pod's address,
+	// as Linkerd's tap shows it (not the app's loopback address).
+	if dst, ok := discovery.AddrFromAPI(x.first.GetDestination()); !ok || dst != podAddr {
+		t.Errorf("%s: destination %v, want %s", name, dst, podAddr)
 	}
 	if src, ok := discovery.AddrFromAPI(x.first.GetSource()); !ok || src.Addr() != clientIP {
 		t.Errorf("%s: source %v, want the client's address %s", name, src, clientIP)
