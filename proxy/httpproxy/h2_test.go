@@ -140,7 +140,7 @@ func TestUpstreamGoAway(t *testing.T) {
 	<-started
 	shut := make(chan struct{})
 	go func() { srv.Shutdown(context.Background()); close(shut) }() // GOAWAY, then waits for /slow
-	time.Sleep(50 * time.Millisecond)                                // let the GOAWAY reach the proxy
+	time.Sleep(50 * time.Millisecond)                               // let the GOAWAY reach the proxy
 	close(release)
 	if got := <-res; got != "done /slow" {
 		t.Fatalf("in-flight stream across GOAWAY: %q", got)
