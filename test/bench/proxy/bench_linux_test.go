@@ -131,12 +131,9 @@ func BenchmarkProxy(b *testing.B) {
 		if len(c.procs) == 0 {
 			continue
 		}
-		ms, err := c.procs.memory()
-		if err != nil {
+		var err error
+		if c.idle, err = c.procs.memory(); err != nil {
 			b.Fatal(err)
-		}
-		for _, m := range ms {
-			c.idle = append(c.idle, m.RSS)
 		}
 	}
 	// Every path answers before anything is measured.

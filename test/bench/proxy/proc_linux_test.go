@@ -40,15 +40,17 @@ func parseStatCPU(stat string) (uint64, error) {
 // memory is a process's resident set from /proc/<pid>/status, in KiB.
 type memory struct {
 	RSS, HWM int64 // VmRSS and VmHWM (peak VmRSS since start)
+	Anon     int64 // RssAnon: the part of VmRSS that is not file-backed (the executable's pages are)
 }
 
-// parseStatus returns VmRSS and VmHWM from the text of /proc/<pid>/status.
+// parseStatus returns VmRSS, VmHWM and RssAnon from the text of
+// /proc/<pid>/status.
 func parseStatus(status string) (memory, error) {
 	var m memory
 	found := 0
 	for line := range strings.SplitSeq(status, "\n") {
 		name, val, ok := strings.Cut(line, ":")
-		if !ok || (name != "VmRSS" && name != "VmHWM") {
+		if !ok || (name != "VmRSS" && name != "VmHWM" && name != "RssAnon") {
 			continue
 		}
 		f := strings.Fields(val)
@@ -59,15 +61,18 @@ func parseStatus(status string) (memory, error) {
 		if err != nil {
 			return m, fmt.Errorf("parse status: %w", err)
 		}
-		if name == "VmRSS" {
+		switch name {
+		case "VmRSS":
 			m.RSS = v
-		} else {
+		case "VmHWM":
 			m.HWM = v
+		case "RssAnon":
+			m.Anon = v
 		}
 		found++
 	}
-	if found != 2 {
-		return m, fmt.Errorf("parse status: VmRSS or VmHWM missing")
+	if found != 3 {
+		return m, fmt.Errorf("parse status: VmRSS, VmHWM or RssAnon missing")
 	}
 	return m, nil
 }
@@ -108,17 +113,17 @@ func (ps procs) memory() ([]memory, error) {
 	return ms, nil
 }
 
-// rssSampler records the largest VmRSS of each process, sampled every
-// interval until stopped.
+// rssSampler records the largest VmRSS and RssAnon of each process,
+// sampled every interval until stopped.
 type rssSampler struct {
 	stop chan struct{}
 	done sync.WaitGroup
-	max  []int64 // KiB, per process
+	max  []memory // KiB, per process; HWM unused
 	err  error
 }
 
 func sampleRSS(ps procs, interval time.Duration) *rssSampler {
-	s := &rssSampler{stop: make(chan struct{}), max: make([]int64, len(ps))}
+	s := &rssSampler{stop: make(chan struct{}), max: make([]memory, len(ps))}
 	s.done.Go(func() {
 		t := time.NewTicker(interval)
 		defer t.Stop()
@@ -129,7 +134,8 @@ func sampleRSS(ps procs, interval time.Duration) *rssSampler {
 				return
 			}
 			for i, m := range ms {
-				s.max[i] = max(s.max[i], m.RSS)
+				s.max[i].RSS = max(s.max[i].RSS, m.RSS)
+				s.max[i].Anon = max(s.max[i].Anon, m.Anon)
 			}
 			select {
 			case <-s.stop:
@@ -141,8 +147,9 @@ func sampleRSS(ps procs, interval time.Duration) *rssSampler {
 	return s
 }
 
-// finish stops sampling and returns the peak VmRSS per process (KiB).
-func (s *rssSampler) finish() ([]int64, error) {
+// finish stops sampling and returns the peak VmRSS and RssAnon per
+// process (KiB).
+func (s *rssSampler) finish() ([]memory, error) {
 	close(s.stop)
 	s.done.Wait()
 	return s.max, s.err

@@ -34,9 +34,10 @@ func TestParseStatus(t *testing.T) {
 		want         memory
 		wantErr      bool
 	}{
-		{"both", "Name:\tsluice-proxy\nVmPeak:\t 1000 kB\nVmHWM:\t   15200 kB\nVmRSS:\t   12100 kB\nThreads:\t5\n", memory{RSS: 12100, HWM: 15200}, false},
+		{"all", "Name:\tsluice-proxy\nVmPeak:\t 1000 kB\nVmHWM:\t   15200 kB\nVmRSS:\t   12100 kB\nRssAnon:\t    5000 kB\nRssFile:\t    7100 kB\nThreads:\t5\n", memory{RSS: 12100, HWM: 15200, Anon: 5000}, false},
 		{"kernel thread has none", "Name:\tkthreadd\nThreads:\t1\n", memory{}, true},
-		{"bad unit", "VmHWM:\t1 MB\nVmRSS:\t1 kB\n", memory{}, true},
+		{"bad unit", "VmHWM:\t1 MB\nVmRSS:\t1 kB\nRssAnon:\t1 kB\n", memory{}, true},
+		{"no RssAnon", "VmHWM:\t1 kB\nVmRSS:\t1 kB\n", memory{}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -60,13 +61,13 @@ func TestReadOwnProcess(t *testing.T) {
 		t.Fatalf("cpu = %v, %v", cpu, err)
 	}
 	ms, err := ps.memory()
-	if err != nil || ms[0].RSS <= 0 || ms[0].HWM < ms[0].RSS {
+	if err != nil || ms[0].RSS <= 0 || ms[0].HWM < ms[0].RSS || ms[0].Anon <= 0 || ms[0].Anon > ms[0].RSS {
 		t.Fatalf("memory = %+v, %v", ms, err)
 	}
 	s := sampleRSS(ps, time.Millisecond)
 	time.Sleep(5 * time.Millisecond)
 	peak, err := s.finish()
-	if err != nil || peak[0] <= 0 {
+	if err != nil || peak[0].RSS <= 0 || peak[0].Anon <= 0 {
 		t.Fatalf("sampled peak %v, %v", peak, err)
 	}
 	if _, err := (procs{-1}).cpu(); err == nil {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -59,6 +60,7 @@ func startProcess(b *testing.B, pod *netns.Pod, uid int, cpu string, env []strin
 	cmd.Env = append(os.Environ(), env...)
 	p := &process{name: filepath.Base(name), cmd: cmd, stderr: &tailBuffer{}, exited: make(chan struct{})}
 	cmd.Stderr = p.stderr
+	cmd.WaitDelay = 10 * time.Second // a hang guard should a child keep stderr open
 	return p
 }
 
@@ -76,7 +78,9 @@ func (p *process) run(b *testing.B, stdout chan<- string) {
 		b.Fatalf("start %s: %v", p.name, err)
 	}
 	b.Cleanup(func() {
-		_ = p.cmd.Process.Kill()
+		// The whole process group: killing nginx's master alone would leave
+		// its worker holding stderr open, and Wait waiting for it.
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 		<-p.exited
 	})
 	if out != nil {

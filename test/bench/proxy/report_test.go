@@ -30,7 +30,7 @@ type loadResult struct {
 type run struct {
 	res loadResult
 	cpu time.Duration // the proxy's CPU time during the run (all its processes)
-	rss []int64       // the proxy's peak VmRSS during the run, KiB, per process
+	rss []memory      // the proxy's peak VmRSS and RssAnon during the run, KiB, per process
 }
 
 // kind names a load: the fixed-rate loads per protocol and the closed loop.
@@ -48,10 +48,11 @@ type caseResult struct {
 	name  string
 	procs []string // names of the proxy's processes (none for direct)
 	runs  [numKinds][]run
-	// Memory of the proxy's processes, KiB each: VmRSS when idle after
-	// start, VmHWM after the fixed-rate runs and at the end.
-	idle, hwmFixed, hwmEnd []int64
-	counters               map[string]uint64 // eBPF counters moved during its runs
+	// Memory of the proxy's processes, KiB each: when idle after start,
+	// and VmHWM after the fixed-rate runs and at the end.
+	idle             []memory
+	hwmFixed, hwmEnd []int64
+	counters         map[string]uint64 // eBPF counters moved during its runs
 }
 
 // figure is one value taken from each round.
@@ -79,8 +80,16 @@ var (
 	// rssSum is the proxy's peak VmRSS during the run, MB, all processes.
 	rssSum figure = func(r run) float64 {
 		var s int64
-		for _, v := range r.rss {
-			s += v
+		for _, m := range r.rss {
+			s += m.RSS
+		}
+		return kibToMB(s)
+	}
+	// anonSum is the proxy's peak RssAnon during the run, MB, all processes.
+	anonSum figure = func(r run) float64 {
+		var s int64
+		for _, m := range r.rss {
+			s += m.Anon
 		}
 		return kibToMB(s)
 	}
@@ -230,16 +239,24 @@ func markdown(e env, cases []*caseResult, notes string) string {
 		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %d |\n", c.name, over(rs, rps).format(0), use, per, bound, errorsOf(rs))
 	}
 	fmt.Fprintf(&sb, "\nA proxy whose CPU use stays under %d %% was not the bottleneck: the load generator and the app, sharing CPU %s, were. "+
-		"Its req/s then understates what it can do on one core, and req/s per proxy CPU-second is the figure to compare.\n", saturated, e.clientCPU)
+		"Its req/s then understates what it can do on one core, and req/s per proxy CPU-second is the figure to compare; "+
+		"if anything that figure understates it too, since a busier proxy serves more requests per wakeup and per epoll call.\n", saturated, e.clientCPU)
 
 	sb.WriteString("\n## Proxy memory (MB = 10^6 bytes)\n\n")
-	sb.WriteString("| case | processes | VmRSS idle, after start | VmRSS at " + fmt.Sprint(e.rate) + " req/s (peak sampled every 100 ms; median over the fixed-rate runs) | VmHWM after the fixed-rate runs | VmHWM at the end (after the maximum-throughput runs) |\n")
-	sb.WriteString("|---|---|---:|---:|---:|---:|\n")
+	sb.WriteString("| case | processes | VmRSS idle, after start | RssAnon idle | VmRSS at " + fmt.Sprint(e.rate) + " req/s | RssAnon at " + fmt.Sprint(e.rate) + " req/s | VmHWM after the fixed-rate runs | VmHWM at the end (after the maximum-throughput runs) |\n")
+	sb.WriteString("|---|---|---:|---:|---:|---:|---:|---:|\n")
 	for _, c := range cases[1:] {
 		fixed := append(slices.Clone(c.runs[fixedHTTP]), c.runs[fixedGRPC]...)
-		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s |\n", c.name, strings.Join(c.procs, " + "),
-			memCell(c.idle), over(fixed, rssSum).format(1), memCell(c.hwmFixed), memCell(c.hwmEnd))
+		rss, anon := make([]int64, len(c.idle)), make([]int64, len(c.idle))
+		for i, m := range c.idle {
+			rss[i], anon[i] = m.RSS, m.Anon
+		}
+		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", c.name, strings.Join(c.procs, " + "),
+			memCell(rss), memCell(anon), over(fixed, rssSum).format(1), over(fixed, anonSum).format(1), memCell(c.hwmFixed), memCell(c.hwmEnd))
 	}
+	sb.WriteString("\nVmRSS includes the pages of the executable and libraries that the process has touched (file-backed, clean, " +
+		"shared with the page cache); RssAnon is the process's own memory (heap, stacks). The figures at the fixed rate are " +
+		"the largest of samples taken every 100 ms during each run, median (min – max) over the runs of both protocols.\n")
 
 	sb.WriteString("\n## Targets (issue 3)\n\n")
 	sb.WriteString(targets(e, cases))

@@ -14,7 +14,7 @@ func fakeRuns(cpu time.Duration, rssKiB int64, p99us ...int64) []run {
 		rs[i] = run{
 			res: loadResult{Requests: 1000, Seconds: 1, RPS: 1000, P50Ns: v * 500, P99Ns: v * 1000, P999Ns: v * 2000},
 			cpu: cpu,
-			rss: []int64{rssKiB},
+			rss: []memory{{RSS: rssKiB, Anon: rssKiB / 2}},
 		}
 	}
 	return rs
@@ -41,7 +41,7 @@ func TestTargets(t *testing.T) {
 		c.runs[fixedHTTP] = fakeRuns(50*time.Millisecond, rssKiB, p99, p99, p99)
 		c.runs[fixedGRPC] = fakeRuns(50*time.Millisecond, rssKiB, p99, p99, p99)
 		c.runs[maxHTTP] = fakeRuns(maxCPU, rssKiB, 500, 500, 500)
-		c.idle, c.hwmFixed, c.hwmEnd = []int64{rssKiB}, []int64{rssKiB}, []int64{rssKiB}
+		c.idle, c.hwmFixed, c.hwmEnd = []memory{{RSS: rssKiB, Anon: rssKiB / 2}}, []int64{rssKiB}, []int64{rssKiB}
 		return c
 	}
 	tests := []struct {
