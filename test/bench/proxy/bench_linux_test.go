@@ -453,7 +453,7 @@ func (f *fixture) describe(start time.Time, load0, load1 string) env {
 	return env{
 		when:    start.UTC().Format("2006-01-02 15:04 UTC"),
 		machine: fmt.Sprintf("%d CPUs (%s), kernel %s; load average (1, 5, 15 min) %s at the start, %s at the end", runtime.NumCPU(), model, unix.ByteSliceToString(uts.Release[:]), first(load0), first(load1)),
-		versions: fmt.Sprintf("%s %s/%s; %s; sluice-proxy and loadgen built from this commit (%s)", runtime.Version(), runtime.GOOS, runtime.GOARCH,
+		versions: fmt.Sprintf("%s %s/%s; %s; sluice-proxy and loadgen built from commit %s", runtime.Version(), runtime.GOOS, runtime.GOARCH,
 			strings.TrimSpace(strings.TrimPrefix(string(nginxV), "nginx version: ")), gitHead()),
 		command: reproduceCmd,
 		load: fmt.Sprintf("per case and round: %v at %d req/s over %d HTTP/1.1 keep-alive connections, %v at %d req/s of gRPC unary calls (%d at a time on one HTTP/2 connection), then %v of closed-loop HTTP/1.1 over %d connections; each after %v of unmeasured warm-up",
@@ -470,8 +470,9 @@ func gitHead() string {
 		return "unknown commit"
 	}
 	s := strings.TrimSpace(string(out))
-	if st, _ := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); len(st) > 0 {
-		s += ", with uncommitted changes"
+	// What the benchmark builds and runs (the agent aside).
+	if st, _ := exec.Command("git", "status", "--porcelain", "--", ":/proxy", ":/test/cmd/loadgen", ":/test/bench/proxy").Output(); len(st) > 0 {
+		s += ", with uncommitted changes to them"
 	}
 	return s
 }
