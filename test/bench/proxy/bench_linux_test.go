@@ -37,13 +37,6 @@ var (
 	only        = flag.String("cases", caseDirect+","+caseSluice+","+caseNginx, "cases to run (direct is always run: it is the baseline)")
 )
 
-// The cases.
-const (
-	caseDirect = "direct"
-	caseSluice = "sluice-proxy"
-	caseNginx  = "nginx"
-)
-
 const (
 	appUID   = 1000
 	proxyUID = int(api.DefaultProxyUID)

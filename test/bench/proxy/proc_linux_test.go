@@ -37,12 +37,6 @@ func parseStatCPU(stat string) (uint64, error) {
 	return sum, nil
 }
 
-// memory is a process's resident set from /proc/<pid>/status, in KiB.
-type memory struct {
-	RSS, HWM int64 // VmRSS and VmHWM (peak VmRSS since start)
-	Anon     int64 // RssAnon: the part of VmRSS that is not file-backed (the executable's pages are)
-}
-
 // parseStatus returns VmRSS, VmHWM and RssAnon from the text of
 // /proc/<pid>/status.
 func parseStatus(status string) (memory, error) {

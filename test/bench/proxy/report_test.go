@@ -7,6 +7,19 @@ import (
 	"time"
 )
 
+// The cases.
+const (
+	caseDirect = "direct"
+	caseSluice = "sluice-proxy"
+	caseNginx  = "nginx"
+)
+
+// memory is a process's resident set from /proc/<pid>/status, in KiB.
+type memory struct {
+	RSS, HWM int64 // VmRSS and VmHWM (peak VmRSS since start)
+	Anon     int64 // RssAnon: the part of VmRSS that is not file-backed (the executable's pages are)
+}
+
 // loadResult is loadgen's JSON line (test/cmd/loadgen Result).
 type loadResult struct {
 	Requests     int64   `json:"requests"`
