@@ -11,7 +11,7 @@
 //     are removed by ReverseProxy; Upgrade requests (WebSocket and any other
 //     protocol) become a raw bidirectional stream after 101;
 //   - trailers, streaming bodies in both directions and flow control are
-//     net/http's and x/net/http2's; responses are flushed as they arrive;
+//     net/http's and x/net/http2's; streamed responses (no Content-Length) are flushed as they arrive;
 //   - a client that resets an HTTP/2 stream cancels the upstream request
 //     (RST_STREAM CANCEL); an upstream reset mid-response resets the
 //     client's stream; Shutdown sends GOAWAY;
@@ -141,9 +141,13 @@ func New(o Options) *Proxy {
 	}
 	p.h1, p.h2 = p.transports()
 	p.rp = &httputil.ReverseProxy{
-		Rewrite:        p.rewrite,
-		Transport:      roundTripper{p},
-		FlushInterval:  -1,
+		Rewrite:   p.rewrite,
+		Transport: roundTripper{p},
+		// 0: a response with a Content-Length goes out in one write when
+		// it fits the buffer; ReverseProxy still flushes every write at once
+		// for streams (no Content-Length, as gRPC) and event streams. (-1
+		// would also arm a timer that flushes the headers alone.)
+		FlushInterval:  0,
 		ErrorHandler:   p.errorHandler,
 		ModifyResponse: p.modifyResponse,
 		BufferPool:     newBufferPool(),
