@@ -473,10 +473,15 @@ func (m *Manager) gone(r *record) bool {
 	case api.ModeEBPF:
 		return m.cfg.State != nil && !m.cfg.State.NetNsAlive(r.NetNSCookie)
 	case api.ModeIPTables:
-		if _, err := os.Stat(r.NetNS); err == nil {
-			return false
+		// Inode numbers of namespaces are reused once freed, so a process
+		// found by inode only counts if its namespace has the pod's cookie
+		// (which reopen checks).
+		ns, err := m.reopen(r)
+		if err != nil {
+			return true
 		}
-		return r.Ino == 0 || podns.FindByIno(r.Ino) == ""
+		ns.Close()
+		return false
 	}
 	return false
 }
