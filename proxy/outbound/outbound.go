@@ -40,7 +40,7 @@ type Options struct {
 type Router struct {
 	o     Options
 	log   *slog.Logger
-	mu    sync.Mutex
+	mu    sync.RWMutex
 	dests map[string]*dest
 	pass  sync.Map // passKey → *metrics.HTTPSeries
 	stop  chan struct{}
@@ -85,7 +85,7 @@ type dest struct {
 	bal      *balance.Balancer[*endpoint]
 	lastUsed atomic.Int64
 	mu       sync.Mutex
-	version  uint64
+	version  atomic.Uint64
 	eps      map[netip.AddrPort]*endpoint
 }
 
@@ -98,6 +98,18 @@ type endpoint struct {
 }
 
 func (r *Router) dest(path string) *dest {
+	r.mu.RLock()
+	d := r.dests[path]
+	r.mu.RUnlock()
+	if d == nil {
+		d = r.addDest(path)
+	}
+	d.lastUsed.Store(time.Now().UnixNano())
+	return d
+}
+
+// addDest starts resolving path, unless another request just did.
+func (r *Router) addDest(path string) *dest {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	d := r.dests[path]
@@ -110,7 +122,6 @@ func (r *Router) dest(path string) *dest {
 		}
 		r.dests[path] = d
 	}
-	d.lastUsed.Store(time.Now().UnixNano())
 	return d
 }
 
@@ -138,12 +149,15 @@ func (r *Router) sweep() {
 
 // sync brings the balancer up to the snapshot's endpoints.
 func (d *dest) sync(s discovery.Snapshot) {
+	if d.version.Load() == s.Version {
+		return // the common case: nothing changed since the last request
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if s.Version == d.version {
+	if d.version.Load() == s.Version {
 		return
 	}
-	d.version = s.Version
+	defer d.version.Store(s.Version)
 	next := make(map[netip.AddrPort]*endpoint, len(s.Endpoints))
 	entries := make([]balance.Entry[*endpoint], 0, len(s.Endpoints))
 	for _, ep := range s.Endpoints {
@@ -177,10 +191,12 @@ func tlsOf(ep discovery.Endpoint) metrics.TLS {
 	if ep.Identity != "" {
 		return metrics.TLS{Status: "disabled"}
 	}
-	return noIdentity
+	return NoIdentity
 }
 
-var noIdentity = metrics.TLS{Status: "no_identity", NoTLSReason: "not_provided_by_service_discovery"}
+// NoIdentity labels outbound connections to destinations without a TLS
+// identity from discovery.
+var NoIdentity = metrics.TLS{Status: "no_identity", NoTLSReason: "not_provided_by_service_discovery"}
 
 // resolve waits (boundedly) for a destination's endpoints and picks one.
 // found is false when discovery does not know the destination, which then
@@ -287,7 +303,7 @@ func (r *Router) Series(req *http.Request, ci *httpproxy.ConnInfo) *metrics.HTTP
 	if s, ok := r.pass.Load(k); ok {
 		return s.(*metrics.HTTPSeries)
 	}
-	s := r.o.Metrics.HTTP(metrics.Target{Direction: "outbound", Authority: req.Host, Addr: ci.OrigDst, TLS: noIdentity})
+	s := r.o.Metrics.HTTP(metrics.Target{Direction: "outbound", Authority: req.Host, Addr: ci.OrigDst, TLS: NoIdentity})
 	r.pass.Store(k, s)
 	return s
 }
@@ -306,14 +322,14 @@ type TCPTarget struct {
 // endpoint for the whole connection.
 func (r *Router) RouteTCP(ctx context.Context, orig netip.AddrPort) (TCPTarget, error) {
 	if r.o.Discovery == nil {
-		return TCPTarget{Addr: orig, TLS: noIdentity}, nil
+		return TCPTarget{Addr: orig, TLS: NoIdentity}, nil
 	}
 	e, call, found, err := r.resolve(ctx, orig.String())
 	if err != nil {
 		return TCPTarget{}, err
 	}
 	if !found {
-		return TCPTarget{Addr: orig, TLS: noIdentity}, nil
+		return TCPTarget{Addr: orig, TLS: NoIdentity}, nil
 	}
 	return TCPTarget{Addr: e.ep.Addr, Labels: e.ep.Labels, TLS: e.tls, Done: call.End}, nil
 }

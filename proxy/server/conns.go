@@ -14,6 +14,7 @@ import (
 	"github.com/sluice-mesh/sluice/proxy/metrics"
 	"github.com/sluice-mesh/sluice/proxy/netx"
 	"github.com/sluice-mesh/sluice/proxy/opaque"
+	"github.com/sluice-mesh/sluice/proxy/outbound"
 	"github.com/sluice-mesh/sluice/proxy/tcpstats"
 )
 
@@ -23,11 +24,8 @@ const (
 	ProbeReply   = "SLUICE-STEERED\n"
 )
 
-// Labels of plaintext connections, until mutual TLS exists.
-var (
-	inboundTLS  = metrics.TLS{Status: "no_identity", NoTLSReason: "no_tls_from_remote"}
-	outboundTLS = metrics.TLS{Status: "no_identity", NoTLSReason: "not_provided_by_service_discovery"}
-)
+// inboundTLS labels plaintext inbound connections, until mutual TLS exists.
+var inboundTLS = metrics.TLS{Status: "no_identity", NoTLSReason: "no_tls_from_remote"}
 
 // handleOutbound serves a connection the application made.
 func (s *Server) handleOutbound(c net.Conn) {
@@ -42,8 +40,8 @@ func (s *Server) handleOutbound(c net.Conn) {
 		c.Close()
 		return
 	}
-	ci := &httpproxy.ConnInfo{Direction: "outbound", Client: netx.AddrPortOf(c.RemoteAddr()), OrigDst: orig, TLS: outboundTLS}
-	cc := tcpstats.Wrap(c, s.metrics.TCP(metrics.Target{Direction: "outbound", Addr: orig, TLS: outboundTLS}, "src"))
+	ci := &httpproxy.ConnInfo{Direction: "outbound", Client: netx.AddrPortOf(c.RemoteAddr()), OrigDst: orig, TLS: outbound.NoIdentity}
+	cc := tcpstats.Wrap(c, s.metrics.TCP(metrics.Target{Direction: "outbound", Addr: orig, TLS: outbound.NoIdentity}, "src"))
 	s.serve(cc, ci, s.outHTTP, s.relayOutbound)
 }
 

@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"strconv"
 	"time"
+
+	"github.com/sluice-mesh/sluice/proxy/netx"
 )
 
 // proxyEvent is the line printed for each connection a proxy listener accepts.
@@ -91,8 +93,8 @@ func (p *proxy) handle(c *net.TCPConn, listener string) {
 		err  error
 	)
 	if listener == "outbound" {
-		orig, err = OriginalDst(c)
-	} else if orig, err = OriginalDst(c); err != nil {
+		orig, err = netx.OriginalDst(c)
+	} else if orig, err = netx.OriginalDst(c); err != nil {
 		// eBPF (sk_lookup) steering keeps the original destination as the
 		// local address; iptables REDIRECT leaves it to conntrack.
 		orig, err = addrPort(c.LocalAddr()), nil
