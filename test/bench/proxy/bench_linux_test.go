@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"flag"
@@ -13,15 +12,13 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/sluice-mesh/sluice/agent/api"
 	"github.com/sluice-mesh/sluice/test/agenttest"
+	"github.com/sluice-mesh/sluice/test/bench/benchkit"
 	"github.com/sluice-mesh/sluice/test/netns"
 )
 
@@ -65,8 +62,8 @@ func clientCPU() string { return "0" }
 type benchCase struct {
 	*caseResult
 	httpPort, grpcPort uint16
-	procs              procs // the proxy's processes (none for direct)
-	proxy              *process
+	procs              benchkit.Procs // the proxy's processes (none for direct)
+	proxy              *benchkit.Process
 }
 
 // fixture is the node: an eBPF agent, a client pod and a server pod with the
@@ -97,19 +94,19 @@ func BenchmarkProxy(b *testing.B) {
 		{Lo: portAppStats, Hi: portAppStats}, {Lo: portHTTPDirect, Hi: portHTTPNginx}, {Lo: portGRPCDirect, Hi: portGRPCNginx},
 	}})
 
-	app := startProcess(b, f.srv, appUID, clientCPU(), nil, f.loadgen, "serve",
+	app := benchkit.StartProcess(b, f.srv, appUID, clientCPU(), nil, f.loadgen, "serve",
 		"--http", fmt.Sprintf(":%d,:%d", portHTTPSluice, portHTTPDirect),
 		"--grpc", fmt.Sprintf(":%d,:%d", portGRPCSluice, portGRPCDirect),
 		"--stats", fmt.Sprintf(":%d", portAppStats))
 	lines := make(chan string, 4)
-	app.run(b, lines)
+	app.Run(b, lines)
 	select {
 	case l := <-lines:
 		if l != "READY" {
-			b.Fatalf("app: %q, want READY; stderr: %s", l, app.stderr)
+			b.Fatalf("app: %q, want READY; stderr: %s", l, app.Stderr())
 		}
 	case <-time.After(time.Minute):
-		b.Fatalf("app not ready: %s", app.stderr)
+		b.Fatalf("app not ready: %s", app.Stderr())
 	}
 
 	f.cases = append(f.cases, &benchCase{caseResult: &caseResult{name: caseDirect}, httpPort: portHTTPDirect, grpcPort: portGRPCDirect})
@@ -125,7 +122,7 @@ func BenchmarkProxy(b *testing.B) {
 			continue
 		}
 		var err error
-		if c.idle, err = c.procs.memory(); err != nil {
+		if c.idle, err = c.procs.Memory(); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -138,7 +135,7 @@ func BenchmarkProxy(b *testing.B) {
 		}
 	}
 
-	load0, _ := os.ReadFile("/proc/loadavg")
+	load0 := benchkit.LoadAvg()
 	b.ResetTimer()
 	start := time.Now()
 	for r := range *rounds {
@@ -158,18 +155,18 @@ func BenchmarkProxy(b *testing.B) {
 	}
 	f.recordHWM(b, func(c *benchCase) *[]int64 { return &c.hwmEnd })
 	b.StopTimer()
-	load1, _ := os.ReadFile("/proc/loadavg")
+	load1 := benchkit.LoadAvg()
 
 	notes := f.evidence(b)
 	results := make([]*caseResult, len(f.cases))
 	for i, c := range f.cases {
 		results[i] = c.caseResult
 	}
-	md := markdown(f.describe(start, string(load0), string(load1)), results, notes)
+	md := markdown(f.describe(start, load0, load1), results, notes)
 	fmt.Print("\n" + md + "\n")
 	for _, c := range f.cases {
-		b.ReportMetric(over(c.runs[fixedHTTP], p99).med, c.name+"-http-p99-µs")
-		b.ReportMetric(over(c.runs[maxHTTP], rps).med, c.name+"-max-req/s")
+		b.ReportMetric(over(c.runs[fixedHTTP], p99).Med, c.name+"-http-p99-µs")
+		b.ReportMetric(over(c.runs[maxHTTP], rps).Med, c.name+"-max-req/s")
 	}
 	if b.Failed() {
 		b.Log("not writing the report: the run failed")
@@ -189,16 +186,16 @@ func BenchmarkProxy(b *testing.B) {
 func (f *fixture) startSluice(b *testing.B, cookie uint64) *benchCase {
 	b.Helper()
 	bin := netns.BuildTool(b, "./proxy/cmd/sluice-proxy")
-	p := startProcess(b, f.srv, proxyUID, proxyCPU(), []string{
+	p := benchkit.StartProcess(b, f.srv, proxyUID, proxyCPU(), []string{
 		"SLUICE_PROXY_REQUIRE_STEERING=false",
 		"SLUICE_PROXY_LOG_LEVEL=warn",
 	}, bin)
-	p.run(b, nil)
+	p.Run(b, nil)
 	ready := fmt.Sprintf("http://%s/ready", netip.AddrPortFrom(f.srv.IPv4(), adminPort))
-	p.waitFor(b, "ready", func() error { _, err := httpGet(ready); return err })
+	p.WaitFor(b, "ready", func() error { _, err := benchkit.HTTPGet(ready); return err })
 	f.agent.WaitListener(b, cookie)
 	return &benchCase{caseResult: &caseResult{name: caseSluice, procs: []string{"sluice-proxy"}},
-		httpPort: portHTTPSluice, grpcPort: portGRPCSluice, procs: procs{p.cmd.Process.Pid}, proxy: p}
+		httpPort: portHTTPSluice, grpcPort: portGRPCSluice, procs: benchkit.Procs{p.PID()}, proxy: p}
 }
 
 // startNginx runs nginx (master and one worker) in the server pod as the
@@ -206,27 +203,27 @@ func (f *fixture) startSluice(b *testing.B, cookie uint64) *benchCase {
 func (f *fixture) startNginx(b *testing.B) *benchCase {
 	b.Helper()
 	conf := writeNginxConf(b, proxyUID, portHTTPNginx, portGRPCNginx, portHTTPDirect, portGRPCDirect)
-	p := startProcess(b, f.srv, proxyUID, proxyCPU(), nil, "nginx", "-e", "stderr", "-p", filepath.Dir(conf), "-c", conf)
-	p.run(b, nil)
+	p := benchkit.StartProcess(b, f.srv, proxyUID, proxyCPU(), nil, "nginx", "-e", "stderr", "-p", filepath.Dir(conf), "-c", conf)
+	p.Run(b, nil)
 	for _, port := range []uint16{portHTTPNginx, portGRPCNginx} {
 		addr := netip.AddrPortFrom(f.srv.IPv4(), port).String()
-		p.waitFor(b, "listening on "+addr, func() error { return tcpUp(addr) })
+		p.WaitFor(b, "listening on "+addr, func() error { return benchkit.TCPUp(addr) })
 	}
-	master := p.cmd.Process.Pid
+	master := p.PID()
 	var workers []int
-	p.waitFor(b, "one worker", func() error {
+	p.WaitFor(b, "one worker", func() error {
 		var err error
-		if workers, err = children(master); err == nil && len(workers) != 1 {
+		if workers, err = benchkit.Children(master); err == nil && len(workers) != 1 {
 			err = fmt.Errorf("%d workers", len(workers))
 		}
 		return err
 	})
 	return &benchCase{caseResult: &caseResult{name: caseNginx, procs: []string{"worker", "master"}},
-		httpPort: portHTTPNginx, grpcPort: portGRPCNginx, procs: procs{workers[0], master}, proxy: p}
+		httpPort: portHTTPNginx, grpcPort: portGRPCNginx, procs: benchkit.Procs{workers[0], master}, proxy: p}
 }
 
 // load runs loadgen in the client pod against c and returns its result.
-func (f *fixture) load(b *testing.B, c *benchCase, proto string, args ...string) (loadResult, error) {
+func (f *fixture) load(b *testing.B, c *benchCase, proto string, args ...string) (benchkit.LoadResult, error) {
 	b.Helper()
 	port := c.httpPort
 	if proto == "grpc" {
@@ -239,7 +236,7 @@ func (f *fixture) load(b *testing.B, c *benchCase, proto string, args ...string)
 	guard := time.AfterFunc(*warmup+*duration+*maxDuration+time.Minute, func() { _ = cmd.Process.Kill() })
 	out, err := cmd.Output()
 	guard.Stop()
-	var res loadResult
+	var res benchkit.LoadResult
 	if jerr := json.Unmarshal(out, &res); jerr != nil {
 		return res, fmt.Errorf("loadgen %s %v: %v %v: %q %s", proto, args, err, jerr, out, stderr.String())
 	}
@@ -254,7 +251,7 @@ func (f *fixture) load(b *testing.B, c *benchCase, proto string, args ...string)
 func (f *fixture) measure(b *testing.B, c *benchCase, k kind) {
 	b.Helper()
 	if c.proxy != nil {
-		c.proxy.alive(b)
+		c.proxy.Alive(b)
 	}
 	args := []string{"--warmup", warmup.String()}
 	proto := "http"
@@ -268,14 +265,14 @@ func (f *fixture) measure(b *testing.B, c *benchCase, k kind) {
 		args = append(args, "--max", "--conns", fmt.Sprint(*maxConns), "--duration", maxDuration.String())
 	}
 	counters := f.agent.Counters(b)
-	cpu0, err := c.procs.cpu()
+	cpu0, err := c.procs.CPU()
 	if err != nil {
 		b.Fatal(err)
 	}
-	sampler := sampleRSS(c.procs, rssInterval)
+	sampler := benchkit.SampleRSS(c.procs, rssInterval)
 	res, lerr := f.load(b, c, proto, args...)
-	rss, serr := sampler.finish()
-	cpu1, err := c.procs.cpu()
+	rss, serr := sampler.Finish()
+	cpu1, err := c.procs.CPU()
 	if err != nil || serr != nil {
 		b.Fatalf("%s: read the proxy's CPU time or memory: %v %v", c.name, err, serr)
 	}
@@ -297,7 +294,7 @@ func (f *fixture) measure(b *testing.B, c *benchCase, k kind) {
 func (f *fixture) recordHWM(b *testing.B, field func(*benchCase) *[]int64) {
 	b.Helper()
 	for _, c := range f.cases {
-		ms, err := c.procs.memory()
+		ms, err := c.procs.Memory()
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -320,7 +317,7 @@ type appCount struct {
 // notes on it.
 func (f *fixture) evidence(b *testing.B) string {
 	b.Helper()
-	body, err := httpGet(fmt.Sprintf("http://%s/", netip.AddrPortFrom(f.srv.IPv4(), portAppStats)))
+	body, err := benchkit.HTTPGet(fmt.Sprintf("http://%s/", netip.AddrPortFrom(f.srv.IPv4(), portAppStats)))
 	if err != nil {
 		b.Fatalf("app stats: %v", err)
 	}
@@ -380,8 +377,8 @@ func (f *fixture) evidence(b *testing.B) string {
 			continue
 		}
 		n := sent(c, fixedHTTP, fixedGRPC, maxHTTP)
-		m, err := httpGet(fmt.Sprintf("http://%s/metrics", netip.AddrPortFrom(f.srv.IPv4(), adminPort)))
-		total, found := sumMetric(string(m), "request_total", `direction="inbound"`)
+		m, err := benchkit.HTTPGet(fmt.Sprintf("http://%s/metrics", netip.AddrPortFrom(f.srv.IPv4(), adminPort)))
+		total, found := benchkit.SumMetric(string(m), "request_total", `direction="inbound"`)
 		switch {
 		case err != nil:
 			fmt.Fprintf(&sb, "\nsluice-proxy's /metrics could not be read: %v.\n", err)
@@ -405,49 +402,14 @@ func (f *fixture) evidence(b *testing.B) string {
 	return sb.String()
 }
 
-// sumMetric sums the samples of metric name whose labels contain match, in
-// Prometheus text format.
-func sumMetric(text, name, match string) (float64, bool) {
-	var sum float64
-	found := false
-	sc := bufio.NewScanner(strings.NewReader(text))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name+"{") || !strings.Contains(line, match) {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		sum += v
-		found = true
-	}
-	return sum, found
-}
-
 // describe fills in the report's header.
 func (f *fixture) describe(start time.Time, load0, load1 string) env {
-	var uts unix.Utsname
-	_ = unix.Uname(&uts)
-	model := "unknown CPU"
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for line := range strings.SplitSeq(string(b), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-				model = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
 	nginxV, _ := exec.Command("nginx", "-v").CombinedOutput()
-	first := func(s string) string { return strings.Join(strings.Fields(s)[:min(3, len(strings.Fields(s)))], " ") }
 	return env{
 		when:    start.UTC().Format("2006-01-02 15:04 UTC"),
-		machine: fmt.Sprintf("%d CPUs (%s), kernel %s; load average (1, 5, 15 min) %s at the start, %s at the end", runtime.NumCPU(), model, unix.ByteSliceToString(uts.Release[:]), first(load0), first(load1)),
+		machine: fmt.Sprintf("%s; load average (1, 5, 15 min) %s at the start, %s at the end", benchkit.Host(), load0, load1),
 		versions: fmt.Sprintf("%s %s/%s; %s; sluice-proxy and loadgen built from commit %s", runtime.Version(), runtime.GOOS, runtime.GOARCH,
-			strings.TrimSpace(strings.TrimPrefix(string(nginxV), "nginx version: ")), gitHead()),
+			strings.TrimSpace(strings.TrimPrefix(string(nginxV), "nginx version: ")), benchkit.GitHead("proxy", "test/cmd/loadgen", "test/bench/proxy")),
 		command: reproduceCmd,
 		load: fmt.Sprintf("per case and round: %v at %d req/s over %d HTTP/1.1 keep-alive connections, %v at %d req/s of gRPC unary calls (%d at a time on one HTTP/2 connection), then %v of closed-loop HTTP/1.1 over %d connections; each after %v of unmeasured warm-up",
 			*duration, *rate, *conns, *duration, *rate, *conns, *maxDuration, *maxConns, *warmup),
@@ -455,17 +417,4 @@ func (f *fixture) describe(start time.Time, load0, load1 string) env {
 		duration: *duration, maxDuration: *maxDuration, warmup: *warmup,
 		proxyCPU: proxyCPU(), clientCPU: clientCPU(),
 	}
-}
-
-func gitHead() string {
-	out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
-	if err != nil {
-		return "unknown commit"
-	}
-	s := strings.TrimSpace(string(out))
-	// What the benchmark builds and runs (the agent aside).
-	if st, _ := exec.Command("git", "status", "--porcelain", "--", ":/proxy", ":/test/cmd/loadgen", ":/test/bench/proxy").Output(); len(st) > 0 {
-		s += ", with uncommitted changes to them"
-	}
-	return s
 }

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/sluice-mesh/sluice/test/bench/benchkit"
 )
 
 // The cases.
@@ -14,36 +16,12 @@ const (
 	caseNginx  = "nginx"
 )
 
-// memory is a process's resident set from /proc/<pid>/status, in KiB.
-type memory struct {
-	RSS, HWM int64 // VmRSS and VmHWM (peak VmRSS since start)
-	Anon     int64 // RssAnon: the part of VmRSS that is not file-backed (the executable's pages are)
-}
-
-// loadResult is loadgen's JSON line (test/cmd/loadgen Result).
-type loadResult struct {
-	Requests     int64   `json:"requests"`
-	Seconds      float64 `json:"seconds"`
-	RPS          float64 `json:"rps"`
-	P50Ns        int64   `json:"p50_ns"`
-	P90Ns        int64   `json:"p90_ns"`
-	P99Ns        int64   `json:"p99_ns"`
-	P999Ns       int64   `json:"p999_ns"`
-	MaxNs        int64   `json:"max_ns"`
-	MeanNs       int64   `json:"mean_ns"`
-	SendLagP50Ns int64   `json:"send_lag_p50_ns"`
-	SendLagP99Ns int64   `json:"send_lag_p99_ns"`
-	Errors       int64   `json:"errors"`
-	FirstError   string  `json:"first_error"`
-	Reconnects   int64   `json:"reconnects"`
-}
-
 // run is one load run of one case: the load generator's result and what
 // the proxy used meanwhile.
 type run struct {
-	res loadResult
-	cpu time.Duration // the proxy's CPU time during the run (all its processes)
-	rss []memory      // the proxy's peak VmRSS and RssAnon during the run, KiB, per process
+	res benchkit.LoadResult
+	cpu time.Duration     // the proxy's CPU time during the run (all its processes)
+	rss []benchkit.Memory // the proxy's peak VmRSS and RssAnon during the run, KiB, per process
 }
 
 // kind names a load: the fixed-rate loads per protocol and the closed loop.
@@ -63,7 +41,7 @@ type caseResult struct {
 	runs  [numKinds][]run
 	// Memory of the proxy's processes, KiB each: when idle after start,
 	// and VmHWM after the fixed-rate runs and at the end.
-	idle             []memory
+	idle             []benchkit.Memory
 	hwmFixed, hwmEnd []int64
 	counters         map[string]uint64 // eBPF counters moved during its runs
 }
@@ -96,7 +74,7 @@ var (
 		for _, m := range r.rss {
 			s += m.RSS
 		}
-		return kibToMB(s)
+		return benchkit.KiBToMB(s)
 	}
 	// anonSum is the proxy's peak RssAnon during the run, MB, all processes.
 	anonSum figure = func(r run) float64 {
@@ -104,51 +82,28 @@ var (
 		for _, m := range r.rss {
 			s += m.Anon
 		}
-		return kibToMB(s)
+		return benchkit.KiBToMB(s)
 	}
 )
 
-func kibToMB(k int64) float64 { return float64(k) * 1024 / 1e6 }
-
-// spread is the median and range of one figure across rounds.
-type spread struct{ med, lo, hi float64 }
-
-func spreadOf(v []float64) spread {
-	if len(v) == 0 {
-		return spread{}
-	}
-	v = slices.Clone(v)
-	slices.Sort(v)
-	n := len(v)
-	med := v[n/2]
-	if n%2 == 0 {
-		med = (v[n/2-1] + v[n/2]) / 2
-	}
-	return spread{med: med, lo: v[0], hi: v[n-1]}
-}
-
 // over takes f from each run.
-func over(rs []run, f figure) spread {
+func over(rs []run, f figure) benchkit.Spread {
 	v := make([]float64, len(rs))
 	for i, r := range rs {
 		v[i] = f(r)
 	}
-	return spreadOf(v)
+	return benchkit.SpreadOf(v)
 }
 
 // added pairs each round of c with the same round of base: the figure of c
 // minus that of base, so drift between rounds hits both alike.
-func added(c, base []run, f figure) spread {
+func added(c, base []run, f figure) benchkit.Spread {
 	n := min(len(c), len(base))
 	v := make([]float64, n)
 	for i := range n {
 		v[i] = f(c[i]) - f(base[i])
 	}
-	return spreadOf(v)
-}
-
-func (s spread) format(prec int) string {
-	return fmt.Sprintf("%.*f (%.*f – %.*f)", prec, s.med, prec, s.lo, prec, s.hi)
+	return benchkit.SpreadOf(v)
 }
 
 // env describes the run for the report.
@@ -224,14 +179,14 @@ func markdown(e env, cases []*caseResult, notes string) string {
 			rs := c.runs[k]
 			a50, a99, a999, cpu := "—", "—", "—", "—"
 			if c != direct {
-				a50 = added(rs, direct.runs[k], p50).format(0)
-				a99 = added(rs, direct.runs[k], p99).format(0)
-				a999 = added(rs, direct.runs[k], p999).format(0)
-				cpu = over(rs, cpuPerReq).format(1)
+				a50 = added(rs, direct.runs[k], p50).Format(0)
+				a99 = added(rs, direct.runs[k], p99).Format(0)
+				a999 = added(rs, direct.runs[k], p999).Format(0)
+				cpu = over(rs, cpuPerReq).Format(1)
 			}
 			fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |\n", c.name,
-				over(rs, p50).format(0), over(rs, p99).format(0), over(rs, p999).format(0),
-				a50, a99, a999, cpu, over(rs, lag99).format(0), errorsOf(rs))
+				over(rs, p50).Format(0), over(rs, p99).Format(0), over(rs, p999).Format(0),
+				a50, a99, a999, cpu, over(rs, lag99).Format(0), errorsOf(rs))
 		}
 		sb.WriteString("\n")
 	}
@@ -244,12 +199,12 @@ func markdown(e env, cases []*caseResult, notes string) string {
 		use, per, bound := "—", "—", "the client and the app (CPU "+e.clientCPU+")"
 		if c != direct {
 			u := over(rs, cpuUse)
-			use, per = u.format(0), over(rs, rpsPerCPU).format(0)
-			if u.med >= saturated {
+			use, per = u.Format(0), over(rs, rpsPerCPU).Format(0)
+			if u.Med >= saturated {
 				bound = "the proxy's CPU"
 			}
 		}
-		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %d |\n", c.name, over(rs, rps).format(0), use, per, bound, errorsOf(rs))
+		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %d |\n", c.name, over(rs, rps).Format(0), use, per, bound, errorsOf(rs))
 	}
 	fmt.Fprintf(&sb, "\nA proxy whose CPU use stays under %d %% was not the bottleneck: the load generator and the app, sharing CPU %s, were. "+
 		"Its req/s then understates what it can do on one core, and req/s per proxy CPU-second is the figure to compare; "+
@@ -265,7 +220,7 @@ func markdown(e env, cases []*caseResult, notes string) string {
 			rss[i], anon[i] = m.RSS, m.Anon
 		}
 		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", c.name, strings.Join(c.procs, " + "),
-			memCell(rss), memCell(anon), over(fixed, rssSum).format(1), over(fixed, anonSum).format(1), memCell(c.hwmFixed), memCell(c.hwmEnd))
+			memCell(rss), memCell(anon), over(fixed, rssSum).Format(1), over(fixed, anonSum).Format(1), memCell(c.hwmFixed), memCell(c.hwmEnd))
 	}
 	sb.WriteString("\nVmRSS includes the pages of the executable and libraries that the process has touched (file-backed, clean, " +
 		"shared with the page cache); RssAnon is the process's own memory (heap, stacks). The figures at the fixed rate are " +
@@ -285,12 +240,12 @@ func memCell(kib []int64) string {
 	parts := make([]string, len(kib))
 	for i, k := range kib {
 		sum += k
-		parts[i] = fmt.Sprintf("%.1f", kibToMB(k))
+		parts[i] = fmt.Sprintf("%.1f", benchkit.KiBToMB(k))
 	}
 	if len(kib) < 2 {
-		return fmt.Sprintf("%.1f", kibToMB(sum))
+		return fmt.Sprintf("%.1f", benchkit.KiBToMB(sum))
 	}
-	return fmt.Sprintf("%.1f (%s)", kibToMB(sum), strings.Join(parts, " + "))
+	return fmt.Sprintf("%.1f (%s)", benchkit.KiBToMB(sum), strings.Join(parts, " + "))
 }
 
 func errorsOf(rs []run) int64 {
@@ -333,18 +288,18 @@ func targets(e env, cases []*caseResult) string {
 	}
 	for _, k := range []kind{fixedHTTP, fixedGRPC} {
 		proto := map[kind]string{fixedHTTP: "HTTP/1.1", fixedGRPC: "gRPC"}[k]
-		s := added(sluice.runs[k], direct.runs[k], p99).med
-		n := added(nginx.runs[k], direct.runs[k], p99).med
+		s := added(sluice.runs[k], direct.runs[k], p99).Med
+		n := added(nginx.runs[k], direct.runs[k], p99).Med
 		fmt.Fprintf(&sb, "| p99 latency added per hop at %d req/s, %s: sluice-proxy ≤ nginx (µs) | %.0f | %.0f | %s |\n", e.rate, proto, s, n, met(s <= n))
 	}
 	fixed := append(slices.Clone(sluice.runs[fixedHTTP]), sluice.runs[fixedGRPC]...)
 	nfixed := append(slices.Clone(nginx.runs[fixedHTTP]), nginx.runs[fixedGRPC]...)
-	rss := over(fixed, rssSum).hi
+	rss := over(fixed, rssSum).Hi
 	fmt.Fprintf(&sb, "| RSS at %d req/s ≤ %d MB (largest sampled VmRSS over all fixed-rate runs, MB) | %.1f | %.1f | %s |\n",
-		e.rate, rssLimitMB, rss, over(nfixed, rssSum).hi, met(rss <= rssLimitMB))
-	s, n := over(sluice.runs[maxHTTP], rpsPerCPU).med, over(nginx.runs[maxHTTP], rpsPerCPU).med
+		e.rate, rssLimitMB, rss, over(nfixed, rssSum).Hi, met(rss <= rssLimitMB))
+	s, n := over(sluice.runs[maxHTTP], rpsPerCPU).Med, over(nginx.runs[maxHTTP], rpsPerCPU).Med
 	fmt.Fprintf(&sb, "| HTTP/1.1 throughput per proxy core ≥ nginx's (req/s per proxy CPU-second) | %.0f | %.0f | %s |\n", s, n, met(s >= n))
-	s, n = over(sluice.runs[maxHTTP], rps).med, over(nginx.runs[maxHTTP], rps).med
+	s, n = over(sluice.runs[maxHTTP], rps).Med, over(nginx.runs[maxHTTP], rps).Med
 	fmt.Fprintf(&sb, "| HTTP/1.1 maximum req/s with the proxy pinned to one core ≥ nginx's | %.0f | %.0f | %s |\n", s, n, met(s >= n))
 	return sb.String()
 }

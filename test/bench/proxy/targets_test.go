@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluice-mesh/sluice/test/bench/benchkit"
 )
 
 // fakeRuns makes one run per round with the given p99 latencies (µs), each
@@ -12,9 +14,9 @@ func fakeRuns(cpu time.Duration, rssKiB int64, p99us ...int64) []run {
 	rs := make([]run, len(p99us))
 	for i, v := range p99us {
 		rs[i] = run{
-			res: loadResult{Requests: 1000, Seconds: 1, RPS: 1000, P50Ns: v * 500, P99Ns: v * 1000, P999Ns: v * 2000},
+			res: benchkit.LoadResult{Requests: 1000, Seconds: 1, RPS: 1000, P50Ns: v * 500, P99Ns: v * 1000, P999Ns: v * 2000},
 			cpu: cpu,
-			rss: []memory{{RSS: rssKiB, Anon: rssKiB / 2}},
+			rss: []benchkit.Memory{{RSS: rssKiB, Anon: rssKiB / 2}},
 		}
 	}
 	return rs
@@ -26,11 +28,8 @@ func TestAddedPairsRounds(t *testing.T) {
 	direct := fakeRuns(0, 0, 100, 1000, 100)
 	proxy := fakeRuns(0, 0, 150, 1060, 140)
 	got := added(proxy, direct, p99)
-	if got != (spread{med: 50, lo: 40, hi: 60}) {
+	if got != (benchkit.Spread{Med: 50, Lo: 40, Hi: 60}) {
 		t.Errorf("added p99 = %+v, want median 50 (40 – 60)", got)
-	}
-	if s := spreadOf([]float64{4, 1, 3, 2}); s != (spread{med: 2.5, lo: 1, hi: 4}) {
-		t.Errorf("spread of an even count = %+v", s)
 	}
 }
 
@@ -41,7 +40,7 @@ func TestTargets(t *testing.T) {
 		c.runs[fixedHTTP] = fakeRuns(50*time.Millisecond, rssKiB, p99, p99, p99)
 		c.runs[fixedGRPC] = fakeRuns(50*time.Millisecond, rssKiB, p99, p99, p99)
 		c.runs[maxHTTP] = fakeRuns(maxCPU, rssKiB, 500, 500, 500)
-		c.idle, c.hwmFixed, c.hwmEnd = []memory{{RSS: rssKiB, Anon: rssKiB / 2}}, []int64{rssKiB}, []int64{rssKiB}
+		c.idle, c.hwmFixed, c.hwmEnd = []benchkit.Memory{{RSS: rssKiB, Anon: rssKiB / 2}}, []int64{rssKiB}, []int64{rssKiB}
 		return c
 	}
 	tests := []struct {

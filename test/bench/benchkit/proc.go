@@ -1,0 +1,121 @@
+package benchkit
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ClockTicks is USER_HZ, the unit of the CPU times in /proc/<pid>/stat and
+// /proc/stat: 100 on every Linux architecture Go supports.
+const ClockTicks = 100
+
+// Memory is a process's resident set from /proc/<pid>/status, in KiB.
+type Memory struct {
+	RSS, HWM int64 // VmRSS and VmHWM (peak VmRSS since start)
+	Anon     int64 // RssAnon: the part of VmRSS that is not file-backed (the executable's pages are)
+}
+
+// KiBToMB converts KiB to MB (10^6 bytes).
+func KiBToMB(k int64) float64 { return float64(k) * 1024 / 1e6 }
+
+// ParseStatCPU returns utime+stime, in clock ticks, from the text of
+// /proc/<pid>/stat. The command name (field 2) may hold spaces and
+// parentheses, so fields are counted after its last ')'.
+func ParseStatCPU(stat string) (uint64, error) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("parse stat: no command name")
+	}
+	f := strings.Fields(stat[i+1:])
+	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	if len(f) < 13 {
+		return 0, fmt.Errorf("parse stat: %d fields after the command name", len(f))
+	}
+	var sum uint64
+	for _, s := range f[11:13] {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("parse stat: %w", err)
+		}
+		sum += v
+	}
+	return sum, nil
+}
+
+// ParseStatus returns VmRSS, VmHWM and RssAnon from the text of
+// /proc/<pid>/status.
+func ParseStatus(status string) (Memory, error) {
+	var m Memory
+	found := 0
+	for line := range strings.SplitSeq(status, "\n") {
+		name, val, ok := strings.Cut(line, ":")
+		if !ok || (name != "VmRSS" && name != "VmHWM" && name != "RssAnon") {
+			continue
+		}
+		f := strings.Fields(val)
+		if len(f) != 2 || f[1] != "kB" {
+			return m, fmt.Errorf("parse status: %s: %q", name, val)
+		}
+		v, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return m, fmt.Errorf("parse status: %w", err)
+		}
+		switch name {
+		case "VmRSS":
+			m.RSS = v
+		case "VmHWM":
+			m.HWM = v
+		case "RssAnon":
+			m.Anon = v
+		}
+		found++
+	}
+	if found != 3 {
+		return m, fmt.Errorf("parse status: VmRSS, VmHWM or RssAnon missing")
+	}
+	return m, nil
+}
+
+// MachineTime is the whole machine's CPU time from /proc/stat's "cpu" line,
+// summed over every CPU.
+type MachineTime struct {
+	// Busy is every state but idle and iowait (user, nice, system, irq,
+	// softirq, steal; guest time is part of user already).
+	Busy time.Duration
+	// Total includes idle and iowait.
+	Total time.Duration
+}
+
+// Sub returns the time spent between o and m.
+func (m MachineTime) Sub(o MachineTime) MachineTime {
+	return MachineTime{Busy: m.Busy - o.Busy, Total: m.Total - o.Total}
+}
+
+// ParseProcStat reads the aggregate "cpu" line of /proc/stat.
+func ParseProcStat(stat string) (MachineTime, error) {
+	for line := range strings.SplitSeq(stat, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "cpu" {
+			continue
+		}
+		// user nice system idle iowait irq softirq steal [guest guest_nice]
+		if len(f) < 9 {
+			return MachineTime{}, fmt.Errorf("parse /proc/stat: %d fields on the cpu line", len(f))
+		}
+		var v [8]uint64
+		for i := range v {
+			n, err := strconv.ParseUint(f[i+1], 10, 64)
+			if err != nil {
+				return MachineTime{}, fmt.Errorf("parse /proc/stat: %w", err)
+			}
+			v[i] = n
+		}
+		busy := v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+		total := busy + v[3] + v[4]
+		tick := time.Second / ClockTicks
+		return MachineTime{Busy: time.Duration(busy) * tick, Total: time.Duration(total) * tick}, nil
+	}
+	return MachineTime{}, fmt.Errorf("parse /proc/stat: no cpu line")
+}
