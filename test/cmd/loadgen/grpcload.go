@@ -11,13 +11,19 @@ import (
 )
 
 // newGRPCClient opens one grpc-go ClientConn (one HTTP/2 connection,
-// plaintext with prior knowledge) to addr and connects it.
-func newGRPCClient(addr string) (*grpc.ClientConn, error) {
-	cc, err := grpc.NewClient("passthrough:///"+addr,
+// plaintext with prior knowledge) to addr and connects it. Its calls carry
+// :authority authority, or addr if authority is empty.
+func newGRPCClient(addr, authority string) (*grpc.ClientConn, error) {
+	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
 			return dialer().DialContext(ctx, "tcp", a)
-		}))
+		}),
+	}
+	if authority != "" {
+		opts = append(opts, grpc.WithAuthority(authority))
+	}
+	cc, err := grpc.NewClient("passthrough:///"+addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("create gRPC client for %s: %w", addr, err)
 	}

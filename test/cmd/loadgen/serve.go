@@ -16,20 +16,24 @@ import (
 	"google.golang.org/grpc/peer"
 )
 
-// listenerStats counts the requests one listener of the app served, by
-// where they came from: the benchmark tells a proxied request (from
+// listenerStats counts what one listener of the app served: the
+// connections it accepted, and its requests (a sink's: connections) by
+// where they came from. The benchmark tells a proxied request (from
 // loopback, the proxy's connection) from a direct one by it.
 type listenerStats struct {
 	addr, proto     string
 	loopback, other atomic.Int64
+	conns           atomic.Int64
 }
 
 // ListenerCount is one listener's line of the app's stats.
 type ListenerCount struct {
 	Addr     string `json:"addr"`
-	Proto    string `json:"proto"`
+	Proto    string `json:"proto"` // http, grpc or tcp (a sink)
 	Loopback int64  `json:"loopback"`
 	Other    int64  `json:"other"`
+	// Connections accepted.
+	Conns int64 `json:"conns"`
 }
 
 func (s *listenerStats) count(remote string) {
@@ -40,14 +44,37 @@ func (s *listenerStats) count(remote string) {
 	s.other.Add(1)
 }
 
+// countingListener counts the connections it accepts in st.
+type countingListener struct {
+	net.Listener
+	st *listenerStats
+}
+
+// Accept waits for the next connection and counts it.
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.st.conns.Add(1)
+	}
+	return c, err
+}
+
 // app is the upstream application: HTTP/1.1 and h2c servers answering every
-// request with a fixed body, and gRPC servers with the standard health
-// service, each listener counting what it served.
+// request with a fixed body, gRPC servers with the standard health service
+// and TCP byte sinks, each listener counting what it served.
 type app struct {
 	body      []byte
 	listeners []*listenerStats
 	statsAddr string   // where the counts are served, if anywhere
 	servers   []func() // close functions
+}
+
+// appConfig says where the app listens: comma-separated address lists per
+// kind of listener, and the stats address (none if empty).
+type appConfig struct {
+	HTTP, GRPC, Sink string
+	Stats            string
+	Body             int // HTTP response body size in bytes
 }
 
 // listen opens a plain TCP listener (no MPTCP).
@@ -61,10 +88,17 @@ func listen(addr string) (net.Listener, error) {
 	return l, nil
 }
 
+// track adds the stats of listener l serving proto and returns them with l
+// wrapped to count its connections.
+func (a *app) track(l net.Listener, proto string) (*listenerStats, net.Listener) {
+	st := &listenerStats{addr: l.Addr().String(), proto: proto}
+	a.listeners = append(a.listeners, st)
+	return st, countingListener{Listener: l, st: st}
+}
+
 // serveHTTP serves HTTP/1.1 and h2c (prior knowledge) on l.
 func (a *app) serveHTTP(l net.Listener) {
-	st := &listenerStats{addr: l.Addr().String(), proto: "http"}
-	a.listeners = append(a.listeners, st)
+	st, l := a.track(l, "http")
 	body := a.body
 	size := fmt.Sprint(len(body))
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -82,8 +116,7 @@ func (a *app) serveHTTP(l net.Listener) {
 
 // serveGRPC serves grpc.health.v1.Health on l.
 func (a *app) serveGRPC(l net.Listener) {
-	st := &listenerStats{addr: l.Addr().String(), proto: "grpc"}
-	a.listeners = append(a.listeners, st)
+	st, l := a.track(l, "grpc")
 	srv := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		if p, ok := peer.FromContext(ctx); ok {
 			st.count(p.Addr.String())
@@ -95,11 +128,20 @@ func (a *app) serveGRPC(l net.Listener) {
 	go func() { _ = srv.Serve(l) }()
 }
 
+// serveSink runs the byte sink of loadgen tcp on l, counting each
+// connection as one request.
+func (a *app) serveSink(l net.Listener) {
+	st, l := a.track(l, "tcp")
+	s := newSink(l, st)
+	a.servers = append(a.servers, s.close)
+	go s.serve()
+}
+
 // stats serves the listeners' counters as JSON.
 func (a *app) stats(w http.ResponseWriter, _ *http.Request) {
 	out := make([]ListenerCount, len(a.listeners))
 	for i, s := range a.listeners {
-		out[i] = ListenerCount{Addr: s.addr, Proto: s.proto, Loopback: s.loopback.Load(), Other: s.other.Load()}
+		out[i] = ListenerCount{Addr: s.addr, Proto: s.proto, Loopback: s.loopback.Load(), Other: s.other.Load(), Conns: s.conns.Load()}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(out)
@@ -112,14 +154,14 @@ func (a *app) close() {
 	}
 }
 
-// startApp listens on every address of the comma-separated lists httpAddrs
-// and grpcAddrs and, if statsAddr is set, serves the counters there.
-func startApp(httpAddrs, grpcAddrs, statsAddr string, bodySize int) (*app, error) {
-	a := &app{body: []byte(strings.Repeat("x", bodySize))}
+// startApp listens on every address of cfg and, if cfg.Stats is set, serves
+// the counters there. It returns once every listener is up.
+func startApp(cfg appConfig) (*app, error) {
+	a := &app{body: []byte(strings.Repeat("x", cfg.Body))}
 	for _, group := range []struct {
 		addrs string
 		serve func(net.Listener)
-	}{{httpAddrs, a.serveHTTP}, {grpcAddrs, a.serveGRPC}} {
+	}{{cfg.HTTP, a.serveHTTP}, {cfg.GRPC, a.serveGRPC}, {cfg.Sink, a.serveSink}} {
 		for addr := range strings.SplitSeq(group.addrs, ",") {
 			if addr = strings.TrimSpace(addr); addr == "" {
 				continue
@@ -132,8 +174,8 @@ func startApp(httpAddrs, grpcAddrs, statsAddr string, bodySize int) (*app, error
 			group.serve(l)
 		}
 	}
-	if statsAddr != "" {
-		l, err := listen(statsAddr)
+	if cfg.Stats != "" {
+		l, err := listen(cfg.Stats)
 		if err != nil {
 			a.close()
 			return nil, err
