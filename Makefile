@@ -33,8 +33,8 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 10s; e.g. make fuzz FU
 test-unit: ## Run the tests without installing anything (kernel tests skip unless root).
 	$(GO) test -count=1 $(PKGS)
 
-bench: ## The mesh benchmark (issue 4): not yet; see bench-steering.
-	@echo "make bench: the full mesh benchmark does not exist yet; 'make bench-steering' measures the data path."; exit 2
+bench: deps ## The mesh benchmark: no mesh, Sluice (iptables, eBPF, eBPF+sk_msg) and nginx; writes docs/benchmarks.md (~25 min).
+	$(GO) test -count=1 -timeout 45m -run '^$$' -bench Mesh -benchtime 1x ./test/bench/mesh/ -args -report
 
 bench-steering: deps build ## Benchmark connect(), latency and throughput: none, iptables, eBPF, eBPF+sk_msg.
 	$(GO) test -count=1 -timeout 30m -run '^$$' -bench . -benchtime 1x ./test/bench/steering/ -args -report

@@ -3,7 +3,7 @@
 # root; installs only what is missing, so it is quick on a machine that has them.
 set -euo pipefail
 pkgs=(clang llvm libbpf-dev linux-libc-dev bpftool iptables iproute2 util-linux curl wrk
-  protobuf-compiler libprotobuf-dev nghttp2-client nginx-light)
+  protobuf-compiler libprotobuf-dev nghttp2-client nginx-light libnginx-mod-stream linux-perf)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,0 +1,79 @@
+package mesh
+
+import (
+	"time"
+
+	"github.com/sluice-mesh/sluice/test/bench/benchkit"
+)
+
+// Figure is one value taken from a run.
+type Figure func(r Run) float64
+
+// The figures of a run.
+var (
+	P50  Figure = func(r Run) float64 { return float64(r.Res.P50Ns) / 1e3 }
+	P90  Figure = func(r Run) float64 { return float64(r.Res.P90Ns) / 1e3 }
+	P99  Figure = func(r Run) float64 { return float64(r.Res.P99Ns) / 1e3 }
+	P999 Figure = func(r Run) float64 { return float64(r.Res.P999Ns) / 1e3 }
+	RPS  Figure = func(r Run) float64 { return r.Res.RPS }
+	MBps Figure = func(r Run) float64 { return r.Res.MBps }
+	// ClientCPUPer1k, ServerCPUPer1k and MachineCPUPer1k are CPU seconds
+	// per 1000 requests.
+	ClientCPUPer1k  Figure = func(r Run) float64 { return per1k(r.ClientCPU, r.Res.Requests) }
+	ServerCPUPer1k  Figure = func(r Run) float64 { return per1k(r.ServerCPU, r.Res.Requests) }
+	MachineCPUPer1k Figure = func(r Run) float64 { return per1k(r.Machine, r.Res.Requests) }
+	// ClientCPUPerGB, ServerCPUPerGB and MachineCPUPerGB are CPU seconds
+	// per GB (10^9 bytes) of a bulk run.
+	ClientCPUPerGB  Figure = func(r Run) float64 { return perGB(r.ClientCPU, r.Res.Bytes) }
+	ServerCPUPerGB  Figure = func(r Run) float64 { return perGB(r.ServerCPU, r.Res.Bytes) }
+	MachineCPUPerGB Figure = func(r Run) float64 { return perGB(r.Machine, r.Res.Bytes) }
+	// ClientRSS and ServerRSS are the proxies' peak VmRSS, MB.
+	ClientRSS Figure = func(r Run) float64 { return benchkit.KiBToMB(r.ClientRSS) }
+	ServerRSS Figure = func(r Run) float64 { return benchkit.KiBToMB(r.ServerRSS) }
+)
+
+func per1k(d time.Duration, n int64) float64 {
+	if n <= 0 {
+		return 0
+	}
+	return d.Seconds() * 1000 / float64(n)
+}
+
+func perGB(d time.Duration, bytes int64) float64 {
+	if bytes <= 0 {
+		return 0
+	}
+	return d.Seconds() * 1e9 / float64(bytes)
+}
+
+// Over takes f from each run.
+func Over(rs []Run, f Figure) benchkit.Spread {
+	v := make([]float64, len(rs))
+	for i, r := range rs {
+		v[i] = f(r)
+	}
+	return benchkit.SpreadOf(v)
+}
+
+// Added pairs each round of c with the same round of base: c's figure
+// minus base's, so drift between rounds hits both alike.
+func Added(c, base []Run, f Figure) benchkit.Spread {
+	n := min(len(c), len(base))
+	v := make([]float64, n)
+	for i := range n {
+		v[i] = f(c[i]) - f(base[i])
+	}
+	return benchkit.SpreadOf(v)
+}
+
+// Ratio pairs rounds like Added: c's figure divided by base's.
+func Ratio(c, base []Run, f Figure) benchkit.Spread {
+	n := min(len(c), len(base))
+	v := make([]float64, 0, n)
+	for i := range n {
+		if b := f(base[i]); b != 0 {
+			v = append(v, f(c[i])/b)
+		}
+	}
+	return benchkit.SpreadOf(v)
+}
