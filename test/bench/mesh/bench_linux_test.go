@@ -18,7 +18,7 @@ var (
 	duration    = flag.Duration("duration", 4*time.Second, "measured time of each fixed-rate run")
 	maxDuration = flag.Duration("max-duration", 2*time.Second, "measured time of each maximum-throughput run")
 	warmup      = flag.Duration("warmup", 500*time.Millisecond, "unmeasured load before each run")
-	bulkMiB     = flag.Int64("bulk-mib", 256, "MiB of the bulk TCP run")
+	bulkMiB     = flag.Int64("bulk-mib", 1024, "MiB of the bulk TCP run")
 	profile     = flag.Bool("profile", true, "after the rounds, profile the proxies (perf) and the BPF programs (bpf_stats)")
 	only        = flag.String("cases", strings.Join(Cases, ","), "cases to run (the no-mesh baseline always runs)")
 )

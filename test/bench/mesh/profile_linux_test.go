@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -40,7 +42,10 @@ func (f *fixture) profile() string {
 	fmt.Fprintf(&sb, "After the rounds, the %s workload ran once more per Sluice case with `perf record -e cpu-clock -F 1999 -g` "+
 		"attached to each proxy (the VM has no hardware PMU: `perf stat -e cycles` reports it as not supported, so "+
 		"`bpftool prog profile`, which needs the cycles and instructions counters, cannot run here) and, for the eBPF cases, "+
-		"with the kernel's BPF run-time statistics enabled (BPF_ENABLE_STATS, what `bpftool prog show` reports as run_time_ns/run_cnt).\n\n", w.Title)
+		"with the kernel's BPF run-time statistics enabled (BPF_ENABLE_STATS, what `bpftool prog show` reports as run_time_ns/run_cnt). "+
+		"Without a PMU, perf samples from the timer interrupt: time in the kernel is then charged to where it re-enables interrupts "+
+		"(finish_task_switch, _raw_spin_unlock_irqrestore), so the kernel's share below is trustworthy but not its split by function; "+
+		"the proxy's own functions are listed with the time of what they call (Go keeps frame pointers, so perf follows its stacks).\n\n", w.Title)
 	if _, err := exec.LookPath("perf"); err != nil {
 		fmt.Fprintf(&sb, "perf is not installed (%v): no CPU profile.\n", err)
 	}
@@ -121,8 +126,9 @@ func (r *perfRecord) stop() {
 	}
 }
 
-// report renders the top of the profile: the share of samples in the
-// kernel and in the proxy's own code, and the hottest symbols.
+// report renders the top of the profile: the share of samples by object
+// (kernel, the proxy's binary) and the proxy's own functions by inclusive
+// time (with what they call).
 func (r *perfRecord) report() string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "**%s proxy**", r.who)
@@ -130,52 +136,147 @@ func (r *perfRecord) report() string {
 		fmt.Fprintf(&sb, ": perf failed: %v %s\n\n", r.err, r.stderr.String())
 		return sb.String()
 	}
-	dso, err := perfReport(r.file, "dso", "1")
+	dso, err := perfReport(r.file, "--no-children", "--sort", "dso", "--percent-limit", "1")
 	if err != nil {
 		fmt.Fprintf(&sb, ": %v\n\n", err)
 		return sb.String()
 	}
-	fmt.Fprintf(&sb, ", samples by object: %s.\n\n", strings.Join(dso, "; "))
-	syms, err := perfReport(r.file, "sym", "1.5")
+	var parts []string
+	for _, e := range dso {
+		parts = append(parts, e.pcts[0]+" "+e.name)
+	}
+	fmt.Fprintf(&sb, ", samples by object: %s.\n\n", strings.Join(parts, "; "))
+	self, err := perfReport(r.file, "--no-children", "--sort", "sym", "--percent-limit", "0")
 	if err != nil {
 		fmt.Fprintf(&sb, "%v\n\n", err)
 		return sb.String()
 	}
-	sb.WriteString("| self % | symbol |\n|---:|---|\n")
-	for _, s := range syms {
-		pct, sym, _ := strings.Cut(s, " ")
-		fmt.Fprintf(&sb, "| %s | `%s` |\n", pct, strings.ReplaceAll(sym, "|", "\\|"))
+	sb.WriteString("| Go package (or the kernel) | self % |\n|---|---:|\n")
+	for _, g := range byPackage(self, maxProfileRows/2) {
+		fmt.Fprintf(&sb, "| %s | %.1f%% |\n", g.name, g.pct)
+	}
+	sb.WriteString("\n")
+	syms, err := perfReport(r.file, "--children", "--sort", "sym", "--percent-limit", "4")
+	if err != nil {
+		fmt.Fprintf(&sb, "%v\n\n", err)
+		return sb.String()
+	}
+	sb.WriteString("| with callees % | self % | proxy function |\n|---:|---:|---|\n")
+	n := 0
+	for _, e := range syms {
+		if e.kernel || len(e.pcts) < 2 || n == maxProfileRows || isWrapper(e.name) {
+			continue
+		}
+		n++
+		fmt.Fprintf(&sb, "| %s | %s | `%s` |\n", e.pcts[0], e.pcts[1], strings.ReplaceAll(e.name, "|", "\\|"))
 	}
 	sb.WriteString("\n")
 	return sb.String()
 }
 
-// perfReport returns "pct name" lines of perf report sorted by key, above
-// limit percent of the samples (self time).
-func perfReport(file, key, limit string) ([]string, error) {
-	out, err := exec.Command("perf", "report", "-i", file, "--stdio", "--no-children", "-g", "none",
-		"--sort", key, "--percent-limit", limit).Output()
+// isWrapper reports functions at the bottom of every goroutine's or
+// thread's stack, which say nothing about where the time goes.
+func isWrapper(name string) bool {
+	for _, p := range []string{"runtime.goexit", "runtime.mstart", "runtime.main", "runtime.rt0_go"} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return strings.Contains(name, ".gowrap") || strings.HasSuffix(name, ".func1")
+}
+
+// pkgShare is the self time of one Go package (or the kernel).
+type pkgShare struct {
+	name string
+	pct  float64
+}
+
+// byPackage sums self percentages by Go package ("net/http",
+// "github.com/sluice-mesh/sluice/proxy/httpproxy"), the kernel's under
+// "kernel", and returns the n largest.
+func byPackage(es []perfEntry, n int) []pkgShare {
+	sums := map[string]float64{}
+	for _, e := range es {
+		if len(e.pcts) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSuffix(e.pcts[0], "%"), 64)
+		if err != nil {
+			continue
+		}
+		sums[goPackage(e)] += v
+	}
+	out := make([]pkgShare, 0, len(sums))
+	for k, v := range sums {
+		out = append(out, pkgShare{k, v})
+	}
+	slices.SortFunc(out, func(a, b pkgShare) int {
+		if a.pct != b.pct {
+			return cmp.Compare(b.pct, a.pct)
+		}
+		return strings.Compare(a.name, b.name)
+	})
+	return out[:min(n, len(out))]
+}
+
+// goPackage is the package of a Go symbol: the text up to the first '.'
+// after the last '/'.
+func goPackage(e perfEntry) string {
+	if e.kernel {
+		return "kernel"
+	}
+	name := e.name
+	slash := strings.LastIndexByte(name, '/')
+	if i := strings.IndexByte(name[slash+1:], '.'); i >= 0 {
+		return name[:slash+1+i]
+	}
+	return name
+}
+
+// maxProfileRows bounds the functions listed per proxy.
+const maxProfileRows = 16
+
+// perfEntry is a line of perf report: its percentages, whether the symbol
+// is the kernel's, and the name.
+type perfEntry struct {
+	pcts   []string
+	kernel bool
+	name   string
+}
+
+// perfReport runs perf report on file with args (call graphs folded) and
+// parses its lines.
+func perfReport(file string, args ...string) ([]perfEntry, error) {
+	out, err := exec.Command("perf", append([]string{"report", "-i", file, "--stdio", "-g", "none"}, args...)...).Output()
 	if err != nil {
-		return nil, fmt.Errorf("perf report --sort %s: %w", key, err)
+		return nil, fmt.Errorf("perf report %v: %w", args, err)
 	}
-	var lines []string
+	var entries []perfEntry
 	for line := range strings.SplitSeq(string(out), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
 		f := strings.Fields(line)
-		if len(f) < 2 || !strings.HasSuffix(f[0], "%") {
+		if len(f) < 2 || strings.HasPrefix(f[0], "#") {
 			continue
 		}
-		name := strings.Join(f[1:], " ")
-		name = strings.TrimPrefix(strings.TrimPrefix(name, "[k] "), "[.] ")
-		lines = append(lines, f[0]+" "+name)
+		var e perfEntry
+		for len(f) > 0 && strings.HasSuffix(f[0], "%") {
+			e.pcts, f = append(e.pcts, f[0]), f[1:]
+		}
+		if len(e.pcts) == 0 || len(f) == 0 {
+			continue
+		}
+		switch f[0] {
+		case "[k]":
+			e.kernel, f = true, f[1:]
+		case "[.]":
+			f = f[1:]
+		}
+		e.name = strings.Join(f, " ")
+		entries = append(entries, e)
 	}
-	if len(lines) == 0 {
-		return nil, fmt.Errorf("perf report --sort %s: no samples", key)
+	if len(entries) == 0 {
+		return nil, fmt.Errorf("perf report %v: no samples", args)
 	}
-	return lines, nil
+	return entries, nil
 }
 
 // progStat is one BPF program's run-time statistics.
