@@ -78,44 +78,16 @@ func ParseStatus(status string) (Memory, error) {
 	return m, nil
 }
 
-// MachineTime is the whole machine's CPU time from /proc/stat's "cpu" line,
-// summed over every CPU.
-type MachineTime struct {
-	// Busy is every state but idle and iowait (user, nice, system, irq,
-	// softirq, steal; guest time is part of user already).
-	Busy time.Duration
-	// Total includes idle and iowait.
-	Total time.Duration
-}
-
-// Sub returns the time spent between o and m.
-func (m MachineTime) Sub(o MachineTime) MachineTime {
-	return MachineTime{Busy: m.Busy - o.Busy, Total: m.Total - o.Total}
-}
-
-// ParseProcStat reads the aggregate "cpu" line of /proc/stat.
-func ParseProcStat(stat string) (MachineTime, error) {
+// ParseCgroupCPU returns usage_usec from the text of a cgroup v2 cpu.stat.
+func ParseCgroupCPU(stat string) (time.Duration, error) {
 	for line := range strings.SplitSeq(stat, "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 || f[0] != "cpu" {
-			continue
-		}
-		// user nice system idle iowait irq softirq steal [guest guest_nice]
-		if len(f) < 9 {
-			return MachineTime{}, fmt.Errorf("parse /proc/stat: %d fields on the cpu line", len(f))
-		}
-		var v [8]uint64
-		for i := range v {
-			n, err := strconv.ParseUint(f[i+1], 10, 64)
+		if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
 			if err != nil {
-				return MachineTime{}, fmt.Errorf("parse /proc/stat: %w", err)
+				return 0, fmt.Errorf("parse cpu.stat: %w", err)
 			}
-			v[i] = n
+			return time.Duration(n) * time.Microsecond, nil
 		}
-		busy := v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
-		total := busy + v[3] + v[4]
-		tick := time.Second / ClockTicks
-		return MachineTime{Busy: time.Duration(busy) * tick, Total: time.Duration(total) * tick}, nil
 	}
-	return MachineTime{}, fmt.Errorf("parse /proc/stat: no cpu line")
+	return 0, fmt.Errorf("parse cpu.stat: no usage_usec")
 }

@@ -75,32 +75,6 @@ func TestReadOwnProcess(t *testing.T) {
 	}
 }
 
-func TestParseProcStat(t *testing.T) {
-	tests := []struct {
-		name, stat string
-		want       MachineTime
-		wantErr    bool
-	}{
-		{"kernel 6", "cpu  100 5 50 1000 20 3 2 10 0 0\ncpu0 50 2 25 500 10 1 1 5 0 0\nintr 1\n",
-			MachineTime{Busy: 1700 * time.Millisecond, Total: 11900 * time.Millisecond}, false},
-		{"short line", "cpu 1 2 3\n", MachineTime{}, true},
-		{"no cpu line", "intr 1\n", MachineTime{}, true},
-		{"not a number", "cpu 1 2 3 x 5 6 7 8\n", MachineTime{}, true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := ParseProcStat(tt.stat)
-			if (err != nil) != tt.wantErr || got != tt.want {
-				t.Errorf("ParseProcStat = %+v, %v; want %+v, error %v", got, err, tt.want, tt.wantErr)
-			}
-		})
-	}
-	m0, err := ReadMachineTime()
-	if err != nil || m0.Busy <= 0 || m0.Total < m0.Busy {
-		t.Fatalf("ReadMachineTime = %+v, %v", m0, err)
-	}
-}
-
 func TestSpreadOf(t *testing.T) {
 	tests := []struct {
 		in   []float64
@@ -127,5 +101,26 @@ func TestSumMetric(t *testing.T) {
 	}
 	if _, ok := SumMetric(text, "response_total", ""); ok {
 		t.Error("a missing metric was found")
+	}
+}
+
+func TestParseCgroupCPU(t *testing.T) {
+	tests := []struct {
+		stat    string
+		want    time.Duration
+		wantErr bool
+	}{
+		{"usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n", 1500 * time.Microsecond, false},
+		{"user_usec 1000\n", 0, true},
+		{"usage_usec x\n", 0, true},
+	}
+	for _, tt := range tests {
+		got, err := ParseCgroupCPU(tt.stat)
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("ParseCgroupCPU(%q) = %v, %v; want %v, error %v", tt.stat, got, err, tt.want, tt.wantErr)
+		}
+	}
+	if _, err := CgroupCPU(t.TempDir()); err == nil {
+		t.Error("CgroupCPU of a directory without cpu.stat: no error")
 	}
 }

@@ -3,6 +3,7 @@ package benchkit
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,15 +44,6 @@ func (ps Procs) Memory() ([]Memory, error) {
 		}
 	}
 	return ms, nil
-}
-
-// ReadMachineTime reads the machine's CPU time so far.
-func ReadMachineTime() (MachineTime, error) {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return MachineTime{}, fmt.Errorf("read machine CPU time: %w", err)
-	}
-	return ParseProcStat(string(b))
 }
 
 // RSSSampler records the largest VmRSS and RssAnon of each process,
@@ -124,4 +116,23 @@ func Children(pid int) ([]int, error) {
 		}
 	}
 	return out, nil
+}
+
+// CgroupCPU returns the CPU time used so far by the processes of the cgroup
+// v2 directories dirs (cpu.stat usage_usec, which counts each task's exact
+// run time, unlike /proc/stat's tick samples).
+func CgroupCPU(dirs ...string) (time.Duration, error) {
+	var sum time.Duration
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, "cpu.stat"))
+		if err != nil {
+			return 0, fmt.Errorf("read cgroup CPU time: %w", err)
+		}
+		t, err := ParseCgroupCPU(string(b))
+		if err != nil {
+			return 0, fmt.Errorf("read CPU time of %s: %w", d, err)
+		}
+		sum += t
+	}
+	return sum, nil
 }

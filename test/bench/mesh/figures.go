@@ -17,16 +17,16 @@ var (
 	P999 Figure = func(r Run) float64 { return float64(r.Res.P999Ns) / 1e3 }
 	RPS  Figure = func(r Run) float64 { return r.Res.RPS }
 	MBps Figure = func(r Run) float64 { return r.Res.MBps }
-	// ClientCPUPer1k, ServerCPUPer1k and MachineCPUPer1k are CPU seconds
-	// per 1000 requests.
-	ClientCPUPer1k  Figure = func(r Run) float64 { return per1k(r.ClientCPU, r.Res.Requests) }
-	ServerCPUPer1k  Figure = func(r Run) float64 { return per1k(r.ServerCPU, r.Res.Requests) }
-	MachineCPUPer1k Figure = func(r Run) float64 { return per1k(r.Machine, r.Res.Requests) }
-	// ClientCPUPerGB, ServerCPUPerGB and MachineCPUPerGB are CPU seconds
+	// ClientCPUPer1k, ServerCPUPer1k and PodsCPUPer1k are CPU seconds
+	// per 1000 requests: of each proxy, and of both pods altogether.
+	ClientCPUPer1k Figure = func(r Run) float64 { return per1k(r.ClientCPU, r.Res.Requests) }
+	ServerCPUPer1k Figure = func(r Run) float64 { return per1k(r.ServerCPU, r.Res.Requests) }
+	PodsCPUPer1k   Figure = func(r Run) float64 { return per1k(r.Pods, r.Res.Requests) }
+	// ClientCPUPerGB, ServerCPUPerGB and PodsCPUPerGB are CPU seconds
 	// per GB (10^9 bytes) of a bulk run.
-	ClientCPUPerGB  Figure = func(r Run) float64 { return perGB(r.ClientCPU, r.Res.Bytes) }
-	ServerCPUPerGB  Figure = func(r Run) float64 { return perGB(r.ServerCPU, r.Res.Bytes) }
-	MachineCPUPerGB Figure = func(r Run) float64 { return perGB(r.Machine, r.Res.Bytes) }
+	ClientCPUPerGB Figure = func(r Run) float64 { return perGB(r.ClientCPU, r.Res.Bytes) }
+	ServerCPUPerGB Figure = func(r Run) float64 { return perGB(r.ServerCPU, r.Res.Bytes) }
+	PodsCPUPerGB   Figure = func(r Run) float64 { return perGB(r.Pods, r.Res.Bytes) }
 	// ClientRSS and ServerRSS are the proxies' peak VmRSS, MB.
 	ClientRSS Figure = func(r Run) float64 { return benchkit.KiBToMB(r.ClientRSS) }
 	ServerRSS Figure = func(r Run) float64 { return benchkit.KiBToMB(r.ServerRSS) }

@@ -258,7 +258,7 @@ func rssSum(ps benchkit.Procs) (int64, error) {
 	return s, err
 }
 
-// measure runs w once against p, with the proxies' and the machine's CPU
+// measure runs w once against p, with the proxies' and the pods' CPU
 // time and the proxies' memory around it.
 func (f *fixture) measure(p *pair, w Workload) {
 	tb := f.tb
@@ -272,7 +272,8 @@ func (f *fixture) measure(p *pair, w Workload) {
 	}
 	cli0, err1 := p.cliProxy.CPU()
 	srv0, err2 := p.srvProxy.CPU()
-	m0, err3 := benchkit.ReadMachineTime()
+	pods := []string{p.cli.CgroupPath(), p.srv.CgroupPath()}
+	m0, err3 := benchkit.CgroupCPU(pods...)
 	if err := errorsJoin(err1, err2, err3); err != nil {
 		tb.Fatalf("%s: %v", p.Name, err)
 	}
@@ -282,7 +283,7 @@ func (f *fixture) measure(p *pair, w Workload) {
 	srss, err2 := ss.Finish()
 	cli1, err3 := p.cliProxy.CPU()
 	srv1, err4 := p.srvProxy.CPU()
-	m1, err5 := benchkit.ReadMachineTime()
+	m1, err5 := benchkit.CgroupCPU(pods...)
 	if err := errorsJoin(err1, err2, err3, err4, err5); err != nil {
 		tb.Fatalf("%s: read CPU time or memory: %v", p.Name, err)
 	}
@@ -305,7 +306,7 @@ func (f *fixture) measure(p *pair, w Workload) {
 	}
 	p.Runs[w.Key] = append(p.Runs[w.Key], Run{Res: res,
 		ClientCPU: time.Duration(float64(cli1-cli0) * scale), ServerCPU: time.Duration(float64(srv1-srv0) * scale),
-		Machine:   time.Duration(float64(m1.Sub(m0).Busy) * scale),
+		Pods:      time.Duration(float64(m1-m0) * scale),
 		ClientRSS: sum(crss), ServerRSS: sum(srss)})
 	if p.agent != nil {
 		for k, v := range p.agent.Counters(tb) {

@@ -134,12 +134,14 @@ func Validate(w Workload, res benchkit.LoadResult) error {
 }
 
 // Run is one load run of one case: the load generator's result and what
-// the proxies and the machine used meanwhile (measured phase only).
+// the proxies and the pods used meanwhile (measured phase only).
 type Run struct {
 	Res benchkit.LoadResult
 	// ClientCPU and ServerCPU are the client and server proxies' CPU time
-	// (all their processes); Machine the CPU time of the whole machine.
-	ClientCPU, ServerCPU, Machine time.Duration
+	// (all their processes); Pods the CPU time of everything in the two
+	// pods (load generator, application, proxies, and the kernel's work in
+	// their context), from their cgroups.
+	ClientCPU, ServerCPU, Pods time.Duration
 	// ClientRSS and ServerRSS are the proxies' peak VmRSS during the run,
 	// KiB, all their processes.
 	ClientRSS, ServerRSS int64

@@ -89,7 +89,7 @@ func fakeCase(cfg Config, name string, lat []float64, rps float64, cpu time.Dura
 			if w.Kind == Bulk {
 				res.Bytes, res.MBps = w.Bytes, rps/10
 			}
-			c.Runs[w.Key] = append(c.Runs[w.Key], Run{Res: res, ClientCPU: cpu, ServerCPU: cpu, Machine: 3 * cpu, ClientRSS: 20000, ServerRSS: 21000})
+			c.Runs[w.Key] = append(c.Runs[w.Key], Run{Res: res, ClientCPU: cpu, ServerCPU: cpu, Pods: 3 * cpu, ClientRSS: 20000, ServerRSS: 21000})
 		}
 	}
 	return c

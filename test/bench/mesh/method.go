@@ -57,9 +57,13 @@ latency) at %d req/s. Maximum-throughput runs are closed loops over %s keep-aliv
 %d MiB over one TCP connection to the sink, which answers with the byte count; MB/s is payload over the time to
 that answer. Fixed-rate runs measure %v after %v of unmeasured load at the same rate, closed loops %v after %v.
 
-**CPU and memory.** The proxies' CPU time is utime+stime from /proc/<pid>/stat (nginx: master + worker), the
-machine's the non-idle time of /proc/stat's cpu line (all CPUs, the agents, the load generator and the kernel
-included), each read before and after a run and scaled to its measured part. "CPU s / 1000 req" divides it by the
+**CPU and memory.** The proxies' CPU time is utime+stime from /proc/<pid>/stat (nginx: master + worker; the kernel
+scales these to the task's exact run time). "Both pods" is the CPU time of everything in the case's two pods (load
+generator, application, proxies, and the kernel's network work done in their context) from the pods' cgroup v2
+`+"`cpu.stat`"+` usage_usec. The whole machine's /proc/stat was tried first and dropped: it is sampled at each timer
+tick, and a fixed-rate load that wakes in step with the tick is mostly missed by it (a no-mesh run at 1000 req/s
+showed 4 µs of machine CPU per request, less than either proxy alone used per request in the meshed runs). Every
+CPU figure is read before and after a run and scaled to its measured part. "CPU s / 1000 req" divides it by the
 measured requests. VmRSS comes from /proc/<pid>/status, sampled every 100 ms.
 
 **Rounds and validity.** Each round runs every workload against every case, rotating the order of the cases;

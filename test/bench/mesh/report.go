@@ -146,7 +146,11 @@ func (r *Report) summary(sb *strings.Builder) {
 		if v.Met() {
 			met = "yes"
 		}
-		fmt.Fprintf(sb, "| %s | %s | %.0f | %.0f | %+.1f %% | %s |\n", v.Workload, target, v.Ours, v.Theirs, 100*v.Better, met)
+		sign := "+"
+		if v.Better < 0 {
+			sign = "−"
+		}
+		fmt.Fprintf(sb, "| %s | %s | %.0f | %.0f | %s%s | %s |\n", v.Workload, target, v.Ours, v.Theirs, sign, v.margin(), met)
 	}
 	sb.WriteString("\n### Per workload\n\n")
 	last := ""
@@ -164,13 +168,13 @@ func (r *Report) table(sb *strings.Builder, w Workload) {
 	fmt.Fprintf(sb, "\n## %s\n\n", w.Title)
 	switch w.Kind {
 	case FixedRate:
-		sb.WriteString("| case | p50 (µs) | p90 (µs) | p99 (µs) | p99.9 (µs) | added p50 (µs) | added p99 (µs) | p50 × no mesh | CPU s / 1000 req: client proxy | server proxy | machine | failed |\n")
+		sb.WriteString("| case | p50 (µs) | p90 (µs) | p99 (µs) | p99.9 (µs) | added p50 (µs) | added p99 (µs) | p50 × no mesh | CPU s / 1000 req: client proxy | server proxy | both pods | failed |\n")
 		sb.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	case MaxRate:
-		sb.WriteString("| case | req/s | × no mesh | p50 (µs) | p99 (µs) | CPU s / 1000 req: client proxy | server proxy | machine | failed |\n")
+		sb.WriteString("| case | req/s | × no mesh | p50 (µs) | p99 (µs) | CPU s / 1000 req: client proxy | server proxy | both pods | failed |\n")
 		sb.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	case Bulk:
-		sb.WriteString("| case | MB/s | × no mesh | CPU s / GB: client proxy | server proxy | machine |\n")
+		sb.WriteString("| case | MB/s | × no mesh | CPU s / GB: client proxy | server proxy | both pods |\n")
 		sb.WriteString("|---|---:|---:|---:|---:|---:|\n")
 	}
 	for _, c := range r.Cases {
@@ -190,15 +194,15 @@ func (r *Report) table(sb *strings.Builder, w Workload) {
 			fmt.Fprintf(sb, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |\n", c.Name,
 				Over(rs, P50).Format(0), Over(rs, P90).Format(0), Over(rs, P99).Format(0), Over(rs, P999).Format(0),
 				dash(Added(rs, base, P50).Format(0)), dash(Added(rs, base, P99).Format(0)), dash(Ratio(rs, base, P50).Format(2)),
-				dash(Over(rs, ClientCPUPer1k).Format(3)), dash(Over(rs, ServerCPUPer1k).Format(3)), Over(rs, MachineCPUPer1k).Format(3), failed(rs))
+				dash(Over(rs, ClientCPUPer1k).Format(3)), dash(Over(rs, ServerCPUPer1k).Format(3)), Over(rs, PodsCPUPer1k).Format(3), failed(rs))
 		case MaxRate:
 			fmt.Fprintf(sb, "| %s | %s | %s | %s | %s | %s | %s | %s | %d |\n", c.Name,
 				Over(rs, RPS).Format(0), dash(Ratio(rs, base, RPS).Format(2)), Over(rs, P50).Format(0), Over(rs, P99).Format(0),
-				dash(Over(rs, ClientCPUPer1k).Format(3)), dash(Over(rs, ServerCPUPer1k).Format(3)), Over(rs, MachineCPUPer1k).Format(3), failed(rs))
+				dash(Over(rs, ClientCPUPer1k).Format(3)), dash(Over(rs, ServerCPUPer1k).Format(3)), Over(rs, PodsCPUPer1k).Format(3), failed(rs))
 		case Bulk:
 			fmt.Fprintf(sb, "| %s | %s | %s | %s | %s | %s |\n", c.Name,
 				Over(rs, MBps).Format(0), dash(Ratio(rs, base, MBps).Format(2)),
-				dash(Over(rs, ClientCPUPerGB).Format(2)), dash(Over(rs, ServerCPUPerGB).Format(2)), Over(rs, MachineCPUPerGB).Format(2))
+				dash(Over(rs, ClientCPUPerGB).Format(2)), dash(Over(rs, ServerCPUPerGB).Format(2)), Over(rs, PodsCPUPerGB).Format(2))
 		}
 	}
 }

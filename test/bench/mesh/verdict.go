@@ -121,7 +121,7 @@ func Verdicts(cfg Config, cases []*CaseResult) ([]Verdict, error) {
 func (v Verdict) sentence() string {
 	var sb strings.Builder
 	word := map[bool]string{true: "better", false: "worse"}[v.Better >= 0]
-	fmt.Fprintf(&sb, "%s: %s %.0f against %s %.0f, %.1f %% %s", v.What, CaseSKMsg, v.Ours, v.Against, v.Theirs, 100*abs(v.Better), word)
+	fmt.Fprintf(&sb, "%s: %s %.0f against %s %.0f, %s %s", v.What, CaseSKMsg, v.Ours, v.Against, v.Theirs, v.margin(), word)
 	if v.Targeted {
 		if v.Met() {
 			sb.WriteString(" (target met)")
@@ -139,4 +139,15 @@ func abs(x float64) float64 {
 		return -x
 	}
 	return x
+}
+
+// margin is how far apart the two figures are: in per cent of theirs, and
+// for latencies also in µs (a percentage of a small added latency says
+// little on its own).
+func (v Verdict) margin() string {
+	pct := fmt.Sprintf("%.1f %%", 100*abs(v.Better))
+	if strings.Contains(v.What, "latency") {
+		return fmt.Sprintf("%.0f µs (%s)", abs(v.Theirs-v.Ours), pct)
+	}
+	return pct
 }
