@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -274,7 +275,7 @@ func (f *fixture) measure(p *pair, w Workload) {
 	srv0, err2 := p.srvProxy.CPU()
 	pods := []string{p.cli.CgroupPath(), p.srv.CgroupPath()}
 	m0, err3 := benchkit.CgroupCPU(pods...)
-	if err := errorsJoin(err1, err2, err3); err != nil {
+	if err := errors.Join(err1, err2, err3); err != nil {
 		tb.Fatalf("%s: %v", p.Name, err)
 	}
 	cs, ss := benchkit.SampleRSS(p.cliProxy, rssInterval), benchkit.SampleRSS(p.srvProxy, rssInterval)
@@ -284,7 +285,7 @@ func (f *fixture) measure(p *pair, w Workload) {
 	cli1, err3 := p.cliProxy.CPU()
 	srv1, err4 := p.srvProxy.CPU()
 	m1, err5 := benchkit.CgroupCPU(pods...)
-	if err := errorsJoin(err1, err2, err3, err4, err5); err != nil {
+	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
 		tb.Fatalf("%s: read CPU time or memory: %v", p.Name, err)
 	}
 	if lerr == nil {
@@ -315,19 +316,6 @@ func (f *fixture) measure(p *pair, w Workload) {
 			}
 		}
 	}
-}
-
-func errorsJoin(errs ...error) error {
-	var msgs []string
-	for _, e := range errs {
-		if e != nil {
-			msgs = append(msgs, e.Error())
-		}
-	}
-	if len(msgs) == 0 {
-		return nil
-	}
-	return fmt.Errorf("%s", strings.Join(msgs, "; "))
 }
 
 // runRounds runs every workload against every case, cfg.Rounds times,
