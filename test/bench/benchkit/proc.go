@@ -91,3 +91,12 @@ func ParseCgroupCPU(stat string) (time.Duration, error) {
 	}
 	return 0, fmt.Errorf("parse cpu.stat: no usage_usec")
 }
+
+// TotalRSS sums the VmRSS of ms, KiB.
+func TotalRSS(ms []Memory) int64 {
+	var s int64
+	for _, m := range ms {
+		s += m.RSS
+	}
+	return s
+}

@@ -27,3 +27,36 @@ func SpreadOf(v []float64) Spread {
 func (s Spread) Format(prec int) string {
 	return fmt.Sprintf("%.*f (%.*f – %.*f)", prec, s.Med, prec, s.Lo, prec, s.Hi)
 }
+
+// Over takes f from each run and returns the spread of the values.
+func Over[R any](rs []R, f func(R) float64) Spread {
+	v := make([]float64, len(rs))
+	for i, r := range rs {
+		v[i] = f(r)
+	}
+	return SpreadOf(v)
+}
+
+// Added pairs each run of c with the run of base from the same round and
+// spreads c's figure minus base's, so drift between rounds hits both alike.
+func Added[R any](c, base []R, f func(R) float64) Spread {
+	n := min(len(c), len(base))
+	v := make([]float64, n)
+	for i := range n {
+		v[i] = f(c[i]) - f(base[i])
+	}
+	return SpreadOf(v)
+}
+
+// Ratio pairs rounds like Added and spreads c's figure divided by base's
+// (rounds where base's is zero left out).
+func Ratio[R any](c, base []R, f func(R) float64) Spread {
+	n := min(len(c), len(base))
+	v := make([]float64, 0, n)
+	for i := range n {
+		if b := f(base[i]); b != 0 {
+			v = append(v, f(c[i])/b)
+		}
+	}
+	return SpreadOf(v)
+}

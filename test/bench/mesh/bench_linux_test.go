@@ -60,8 +60,8 @@ func BenchmarkMesh(b *testing.B) {
 	md := r.Markdown()
 	fmt.Print("\n" + md + "\n")
 	for _, c := range r.Cases {
-		b.ReportMetric(Over(c.Runs["http-1000"], P50).Med, strings.ReplaceAll(c.Name, " ", "_")+"-http1000-p50-µs")
-		b.ReportMetric(Over(c.Runs["max-64"], RPS).Med, strings.ReplaceAll(c.Name, " ", "_")+"-max64-req/s")
+		b.ReportMetric(benchkit.Over(c.Runs["http-1000"], P50).Med, strings.ReplaceAll(c.Name, " ", "_")+"-http1000-p50-µs")
+		b.ReportMetric(benchkit.Over(c.Runs["max-64"], RPS).Med, strings.ReplaceAll(c.Name, " ", "_")+"-max64-req/s")
 	}
 	if b.Failed() {
 		b.Log("not writing the report: the run failed")

@@ -45,35 +45,3 @@ func perGB(d time.Duration, bytes int64) float64 {
 	}
 	return d.Seconds() * 1e9 / float64(bytes)
 }
-
-// Over takes f from each run.
-func Over(rs []Run, f Figure) benchkit.Spread {
-	v := make([]float64, len(rs))
-	for i, r := range rs {
-		v[i] = f(r)
-	}
-	return benchkit.SpreadOf(v)
-}
-
-// Added pairs each round of c with the same round of base: c's figure
-// minus base's, so drift between rounds hits both alike.
-func Added(c, base []Run, f Figure) benchkit.Spread {
-	n := min(len(c), len(base))
-	v := make([]float64, n)
-	for i := range n {
-		v[i] = f(c[i]) - f(base[i])
-	}
-	return benchkit.SpreadOf(v)
-}
-
-// Ratio pairs rounds like Added: c's figure divided by base's.
-func Ratio(c, base []Run, f Figure) benchkit.Spread {
-	n := min(len(c), len(base))
-	v := make([]float64, 0, n)
-	for i := range n {
-		if b := f(base[i]); b != 0 {
-			v = append(v, f(c[i])/b)
-		}
-	}
-	return benchkit.SpreadOf(v)
-}

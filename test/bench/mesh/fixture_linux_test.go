@@ -252,11 +252,7 @@ func (f *fixture) load(p *pair, w Workload, args ...string) (benchkit.LoadResult
 // rssSum is the processes' VmRSS, KiB.
 func rssSum(ps benchkit.Procs) (int64, error) {
 	ms, err := ps.Memory()
-	var s int64
-	for _, m := range ms {
-		s += m.RSS
-	}
-	return s, err
+	return benchkit.TotalRSS(ms), err
 }
 
 // measure runs w once against p, with the proxies' and the pods' CPU
@@ -298,17 +294,10 @@ func (f *fixture) measure(p *pair, w Workload) {
 		return
 	}
 	scale := f.cfg.Measured(w, res)
-	sum := func(ms []benchkit.Memory) int64 {
-		var s int64
-		for _, m := range ms {
-			s += m.RSS
-		}
-		return s
-	}
 	p.Runs[w.Key] = append(p.Runs[w.Key], Run{Res: res,
 		ClientCPU: time.Duration(float64(cli1-cli0) * scale), ServerCPU: time.Duration(float64(srv1-srv0) * scale),
 		Pods:      time.Duration(float64(m1-m0) * scale),
-		ClientRSS: sum(crss), ServerRSS: sum(srss)})
+		ClientRSS: benchkit.TotalRSS(crss), ServerRSS: benchkit.TotalRSS(srss)})
 	if p.agent != nil {
 		for k, v := range p.agent.Counters(tb) {
 			if d := v - counters[k]; d != 0 {

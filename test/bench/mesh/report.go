@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/sluice-mesh/sluice/test/bench/benchkit"
 	"github.com/sluice-mesh/sluice/test/bench/chart"
 )
 
@@ -47,7 +48,7 @@ func (r *Report) Charts() []Chart {
 			for _, c := range r.Cases {
 				s := chart.Series{Name: c.Name}
 				for _, f := range []Figure{P50, P90, P99, P999} {
-					sp := Over(c.Runs[w.Key], f)
+					sp := benchkit.Over(c.Runs[w.Key], f)
 					s.Values, s.Lo, s.Hi = append(s.Values, sp.Med), append(s.Lo, sp.Lo), append(s.Hi, sp.Hi)
 				}
 				b.Series = append(b.Series, s)
@@ -58,7 +59,7 @@ func (r *Report) Charts() []Chart {
 		case Bulk:
 			b := chart.Bars{Title: w.Title, YLabel: "MB/s", Groups: []string{"bulk TCP"}}
 			for _, c := range r.Cases {
-				sp := Over(c.Runs[w.Key], MBps)
+				sp := benchkit.Over(c.Runs[w.Key], MBps)
 				b.Series = append(b.Series, chart.Series{Name: c.Name, Values: []float64{sp.Med}, Lo: []float64{sp.Lo}, Hi: []float64{sp.Hi}})
 			}
 			out = append(out, Chart{File: "throughput-bulk.png", Bars: b})
@@ -72,7 +73,7 @@ func (r *Report) Charts() []Chart {
 		for _, c := range r.Cases {
 			s := chart.Series{Name: c.Name}
 			for _, w := range maxWs {
-				sp := Over(c.Runs[w.Key], RPS)
+				sp := benchkit.Over(c.Runs[w.Key], RPS)
 				s.Values, s.Lo, s.Hi = append(s.Values, sp.Med), append(s.Lo, sp.Lo), append(s.Hi, sp.Hi)
 			}
 			b.Series = append(b.Series, s)
@@ -192,17 +193,17 @@ func (r *Report) table(sb *strings.Builder, w Workload) {
 		switch w.Kind {
 		case FixedRate:
 			fmt.Fprintf(sb, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |\n", c.Name,
-				Over(rs, P50).Format(0), Over(rs, P90).Format(0), Over(rs, P99).Format(0), Over(rs, P999).Format(0),
-				dash(Added(rs, base, P50).Format(0)), dash(Added(rs, base, P99).Format(0)), dash(Ratio(rs, base, P50).Format(2)),
-				dash(Over(rs, ClientCPUPer1k).Format(3)), dash(Over(rs, ServerCPUPer1k).Format(3)), Over(rs, PodsCPUPer1k).Format(3), failed(rs))
+				benchkit.Over(rs, P50).Format(0), benchkit.Over(rs, P90).Format(0), benchkit.Over(rs, P99).Format(0), benchkit.Over(rs, P999).Format(0),
+				dash(benchkit.Added(rs, base, P50).Format(0)), dash(benchkit.Added(rs, base, P99).Format(0)), dash(benchkit.Ratio(rs, base, P50).Format(2)),
+				dash(benchkit.Over(rs, ClientCPUPer1k).Format(3)), dash(benchkit.Over(rs, ServerCPUPer1k).Format(3)), benchkit.Over(rs, PodsCPUPer1k).Format(3), failed(rs))
 		case MaxRate:
 			fmt.Fprintf(sb, "| %s | %s | %s | %s | %s | %s | %s | %s | %d |\n", c.Name,
-				Over(rs, RPS).Format(0), dash(Ratio(rs, base, RPS).Format(2)), Over(rs, P50).Format(0), Over(rs, P99).Format(0),
-				dash(Over(rs, ClientCPUPer1k).Format(3)), dash(Over(rs, ServerCPUPer1k).Format(3)), Over(rs, PodsCPUPer1k).Format(3), failed(rs))
+				benchkit.Over(rs, RPS).Format(0), dash(benchkit.Ratio(rs, base, RPS).Format(2)), benchkit.Over(rs, P50).Format(0), benchkit.Over(rs, P99).Format(0),
+				dash(benchkit.Over(rs, ClientCPUPer1k).Format(3)), dash(benchkit.Over(rs, ServerCPUPer1k).Format(3)), benchkit.Over(rs, PodsCPUPer1k).Format(3), failed(rs))
 		case Bulk:
 			fmt.Fprintf(sb, "| %s | %s | %s | %s | %s | %s |\n", c.Name,
-				Over(rs, MBps).Format(0), dash(Ratio(rs, base, MBps).Format(2)),
-				dash(Over(rs, ClientCPUPerGB).Format(2)), dash(Over(rs, ServerCPUPerGB).Format(2)), Over(rs, PodsCPUPerGB).Format(2))
+				benchkit.Over(rs, MBps).Format(0), dash(benchkit.Ratio(rs, base, MBps).Format(2)),
+				dash(benchkit.Over(rs, ClientCPUPerGB).Format(2)), dash(benchkit.Over(rs, ServerCPUPerGB).Format(2)), benchkit.Over(rs, PodsCPUPerGB).Format(2))
 		}
 	}
 }
@@ -220,16 +221,14 @@ func (r *Report) memory(sb *strings.Builder) {
 		if !c.Proxied() {
 			continue
 		}
-		fmt.Fprintf(sb, "| %s | %.1f | %.1f |", c.Name, kib(c.IdleRSS[0]), kib(c.IdleRSS[1]))
+		fmt.Fprintf(sb, "| %s | %.1f | %.1f |", c.Name, benchkit.KiBToMB(c.IdleRSS[0]), benchkit.KiBToMB(c.IdleRSS[1]))
 		for _, w := range ws {
-			fmt.Fprintf(sb, " %.1f | %.1f |", Over(c.Runs[w.Key], ClientRSS).Hi, Over(c.Runs[w.Key], ServerRSS).Hi)
+			fmt.Fprintf(sb, " %.1f | %.1f |", benchkit.Over(c.Runs[w.Key], ClientRSS).Hi, benchkit.Over(c.Runs[w.Key], ServerRSS).Hi)
 		}
 		sb.WriteString("\n")
 	}
 	sb.WriteString("\nPeaks are the largest of samples taken every 100 ms during the runs of a workload, over all rounds; for nginx, master + worker.\n")
 }
-
-func kib(k int64) float64 { return float64(k) * 1024 / 1e6 }
 
 func failed(rs []Run) int64 {
 	var n int64

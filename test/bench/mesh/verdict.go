@@ -2,7 +2,10 @@ package mesh
 
 import (
 	"fmt"
+	"math"
 	"strings"
+
+	"github.com/sluice-mesh/sluice/test/bench/benchkit"
 )
 
 // The targets.
@@ -86,8 +89,8 @@ func Verdicts(cfg Config, cases []*CaseResult) ([]Verdict, error) {
 					name string
 					f    Figure
 				}{{"p50", P50}, {"p99", P99}} {
-					ours := Added(sk.Runs[w.Key], direct.Runs[w.Key], p.f).Med
-					theirs := Added(other.Runs[w.Key], direct.Runs[w.Key], p.f).Med
+					ours := benchkit.Added(sk.Runs[w.Key], direct.Runs[w.Key], p.f).Med
+					theirs := benchkit.Added(other.Runs[w.Key], direct.Runs[w.Key], p.f).Med
 					v := Verdict{Workload: w.Title, What: "added " + p.name + " latency (µs)", Ours: ours, Theirs: theirs,
 						Against: other.Name, Better: lowerBetter(ours, theirs)}
 					switch {
@@ -105,7 +108,7 @@ func Verdicts(cfg Config, cases []*CaseResult) ([]Verdict, error) {
 				f, what = MBps, "MB/s"
 			}
 			for _, other := range []*CaseResult{ipt, ngx} {
-				ours, theirs := Over(sk.Runs[w.Key], f).Med, Over(other.Runs[w.Key], f).Med
+				ours, theirs := benchkit.Over(sk.Runs[w.Key], f).Med, benchkit.Over(other.Runs[w.Key], f).Med
 				v := Verdict{Workload: w.Title, What: what, Ours: ours, Theirs: theirs, Against: other.Name, Better: higherBetter(ours, theirs)}
 				if other == ipt && keepAlive {
 					v.Target, v.Targeted = TargetMaxGain, true
@@ -134,20 +137,13 @@ func (v Verdict) sentence() string {
 	return sb.String()
 }
 
-func abs(x float64) float64 {
-	if x < 0 {
-		return -x
-	}
-	return x
-}
-
 // margin is how far apart the two figures are: in per cent of theirs, and
 // for latencies also in µs (a percentage of a small added latency says
 // little on its own).
 func (v Verdict) margin() string {
-	pct := fmt.Sprintf("%.1f %%", 100*abs(v.Better))
+	pct := fmt.Sprintf("%.1f %%", 100*math.Abs(v.Better))
 	if strings.Contains(v.What, "latency") {
-		return fmt.Sprintf("%.0f µs (%s)", abs(v.Theirs-v.Ours), pct)
+		return fmt.Sprintf("%.0f µs (%s)", math.Abs(v.Theirs-v.Ours), pct)
 	}
 	return pct
 }

@@ -165,8 +165,8 @@ func BenchmarkProxy(b *testing.B) {
 	md := markdown(f.describe(start, load0, load1), results, notes)
 	fmt.Print("\n" + md + "\n")
 	for _, c := range f.cases {
-		b.ReportMetric(over(c.runs[fixedHTTP], p99).Med, c.name+"-http-p99-µs")
-		b.ReportMetric(over(c.runs[maxHTTP], rps).Med, c.name+"-max-req/s")
+		b.ReportMetric(benchkit.Over(c.runs[fixedHTTP], p99).Med, c.name+"-http-p99-µs")
+		b.ReportMetric(benchkit.Over(c.runs[maxHTTP], rps).Med, c.name+"-max-req/s")
 	}
 	if b.Failed() {
 		b.Log("not writing the report: the run failed")
@@ -209,17 +209,9 @@ func (f *fixture) startNginx(b *testing.B) *benchCase {
 		addr := netip.AddrPortFrom(f.srv.IPv4(), port).String()
 		p.WaitFor(b, "listening on "+addr, func() error { return benchkit.TCPUp(addr) })
 	}
-	master := p.PID()
-	var workers []int
-	p.WaitFor(b, "one worker", func() error {
-		var err error
-		if workers, err = benchkit.Children(master); err == nil && len(workers) != 1 {
-			err = fmt.Errorf("%d workers", len(workers))
-		}
-		return err
-	})
+	ps := benchkit.NginxProcs(b, p)
 	return &benchCase{caseResult: &caseResult{name: caseNginx, procs: []string{"worker", "master"}},
-		httpPort: portHTTPNginx, grpcPort: portGRPCNginx, procs: benchkit.Procs{workers[0], master}, proxy: p}
+		httpPort: portHTTPNginx, grpcPort: portGRPCNginx, procs: ps, proxy: p}
 }
 
 // load runs loadgen in the client pod against c and returns its result.

@@ -86,26 +86,6 @@ var (
 	}
 )
 
-// over takes f from each run.
-func over(rs []run, f figure) benchkit.Spread {
-	v := make([]float64, len(rs))
-	for i, r := range rs {
-		v[i] = f(r)
-	}
-	return benchkit.SpreadOf(v)
-}
-
-// added pairs each round of c with the same round of base: the figure of c
-// minus that of base, so drift between rounds hits both alike.
-func added(c, base []run, f figure) benchkit.Spread {
-	n := min(len(c), len(base))
-	v := make([]float64, n)
-	for i := range n {
-		v[i] = f(c[i]) - f(base[i])
-	}
-	return benchkit.SpreadOf(v)
-}
-
 // env describes the run for the report.
 type env struct {
 	when, machine, versions, command, load string
@@ -179,14 +159,14 @@ func markdown(e env, cases []*caseResult, notes string) string {
 			rs := c.runs[k]
 			a50, a99, a999, cpu := "—", "—", "—", "—"
 			if c != direct {
-				a50 = added(rs, direct.runs[k], p50).Format(0)
-				a99 = added(rs, direct.runs[k], p99).Format(0)
-				a999 = added(rs, direct.runs[k], p999).Format(0)
-				cpu = over(rs, cpuPerReq).Format(1)
+				a50 = benchkit.Added(rs, direct.runs[k], p50).Format(0)
+				a99 = benchkit.Added(rs, direct.runs[k], p99).Format(0)
+				a999 = benchkit.Added(rs, direct.runs[k], p999).Format(0)
+				cpu = benchkit.Over(rs, cpuPerReq).Format(1)
 			}
 			fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |\n", c.name,
-				over(rs, p50).Format(0), over(rs, p99).Format(0), over(rs, p999).Format(0),
-				a50, a99, a999, cpu, over(rs, lag99).Format(0), errorsOf(rs))
+				benchkit.Over(rs, p50).Format(0), benchkit.Over(rs, p99).Format(0), benchkit.Over(rs, p999).Format(0),
+				a50, a99, a999, cpu, benchkit.Over(rs, lag99).Format(0), errorsOf(rs))
 		}
 		sb.WriteString("\n")
 	}
@@ -198,13 +178,13 @@ func markdown(e env, cases []*caseResult, notes string) string {
 		rs := c.runs[maxHTTP]
 		use, per, bound := "—", "—", "the client and the app (CPU "+e.clientCPU+")"
 		if c != direct {
-			u := over(rs, cpuUse)
-			use, per = u.Format(0), over(rs, rpsPerCPU).Format(0)
+			u := benchkit.Over(rs, cpuUse)
+			use, per = u.Format(0), benchkit.Over(rs, rpsPerCPU).Format(0)
 			if u.Med >= saturated {
 				bound = "the proxy's CPU"
 			}
 		}
-		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %d |\n", c.name, over(rs, rps).Format(0), use, per, bound, errorsOf(rs))
+		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %d |\n", c.name, benchkit.Over(rs, rps).Format(0), use, per, bound, errorsOf(rs))
 	}
 	fmt.Fprintf(&sb, "\nA proxy whose CPU use stays under %d %% was not the bottleneck: the load generator and the app, sharing CPU %s, were. "+
 		"Its req/s then understates what it can do on one core, and req/s per proxy CPU-second is the figure to compare; "+
@@ -220,7 +200,7 @@ func markdown(e env, cases []*caseResult, notes string) string {
 			rss[i], anon[i] = m.RSS, m.Anon
 		}
 		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", c.name, strings.Join(c.procs, " + "),
-			memCell(rss), memCell(anon), over(fixed, rssSum).Format(1), over(fixed, anonSum).Format(1), memCell(c.hwmFixed), memCell(c.hwmEnd))
+			memCell(rss), memCell(anon), benchkit.Over(fixed, rssSum).Format(1), benchkit.Over(fixed, anonSum).Format(1), memCell(c.hwmFixed), memCell(c.hwmEnd))
 	}
 	sb.WriteString("\nVmRSS includes the pages of the executable and libraries that the process has touched (file-backed, clean, " +
 		"shared with the page cache); RssAnon is the process's own memory (heap, stacks). The figures at the fixed rate are " +
@@ -288,18 +268,18 @@ func targets(e env, cases []*caseResult) string {
 	}
 	for _, k := range []kind{fixedHTTP, fixedGRPC} {
 		proto := map[kind]string{fixedHTTP: "HTTP/1.1", fixedGRPC: "gRPC"}[k]
-		s := added(sluice.runs[k], direct.runs[k], p99).Med
-		n := added(nginx.runs[k], direct.runs[k], p99).Med
+		s := benchkit.Added(sluice.runs[k], direct.runs[k], p99).Med
+		n := benchkit.Added(nginx.runs[k], direct.runs[k], p99).Med
 		fmt.Fprintf(&sb, "| p99 latency added per hop at %d req/s, %s: sluice-proxy ≤ nginx (µs) | %.0f | %.0f | %s |\n", e.rate, proto, s, n, met(s <= n))
 	}
 	fixed := append(slices.Clone(sluice.runs[fixedHTTP]), sluice.runs[fixedGRPC]...)
 	nfixed := append(slices.Clone(nginx.runs[fixedHTTP]), nginx.runs[fixedGRPC]...)
-	rss := over(fixed, rssSum).Hi
+	rss := benchkit.Over(fixed, rssSum).Hi
 	fmt.Fprintf(&sb, "| RSS at %d req/s ≤ %d MB (largest sampled VmRSS over all fixed-rate runs, MB) | %.1f | %.1f | %s |\n",
-		e.rate, rssLimitMB, rss, over(nfixed, rssSum).Hi, met(rss <= rssLimitMB))
-	s, n := over(sluice.runs[maxHTTP], rpsPerCPU).Med, over(nginx.runs[maxHTTP], rpsPerCPU).Med
+		e.rate, rssLimitMB, rss, benchkit.Over(nfixed, rssSum).Hi, met(rss <= rssLimitMB))
+	s, n := benchkit.Over(sluice.runs[maxHTTP], rpsPerCPU).Med, benchkit.Over(nginx.runs[maxHTTP], rpsPerCPU).Med
 	fmt.Fprintf(&sb, "| HTTP/1.1 throughput per proxy core ≥ nginx's (req/s per proxy CPU-second) | %.0f | %.0f | %s |\n", s, n, met(s >= n))
-	s, n = over(sluice.runs[maxHTTP], rps).Med, over(nginx.runs[maxHTTP], rps).Med
+	s, n = benchkit.Over(sluice.runs[maxHTTP], rps).Med, benchkit.Over(nginx.runs[maxHTTP], rps).Med
 	fmt.Fprintf(&sb, "| HTTP/1.1 maximum req/s with the proxy pinned to one core ≥ nginx's | %.0f | %.0f | %s |\n", s, n, met(s >= n))
 	return sb.String()
 }

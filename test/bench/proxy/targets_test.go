@@ -27,7 +27,7 @@ func fakeRuns(cpu time.Duration, rssKiB int64, p99us ...int64) []run {
 func TestAddedPairsRounds(t *testing.T) {
 	direct := fakeRuns(0, 0, 100, 1000, 100)
 	proxy := fakeRuns(0, 0, 150, 1060, 140)
-	got := added(proxy, direct, p99)
+	got := benchkit.Added(proxy, direct, p99)
 	if got != (benchkit.Spread{Med: 50, Lo: 40, Hi: 60}) {
 		t.Errorf("added p99 = %+v, want median 50 (40 – 60)", got)
 	}

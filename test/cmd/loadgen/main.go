@@ -45,6 +45,8 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/sluice-mesh/sluice/test/bench/benchkit"
 )
 
 func main() {
@@ -81,49 +83,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// Result is the JSON line of a load run. Latencies are in nanoseconds.
-type Result struct {
-	Mode  string  `json:"mode"` // http, grpc or tcp
-	Load  string  `json:"load"` // fixed-rate, max or bulk (tcp)
-	To    string  `json:"to"`
-	Conns int     `json:"conns"`
-	Rate  float64 `json:"rate,omitempty"` // scheduled requests per second
-	// Requests that succeeded in the measured phase, and the rate they
-	// completed at. tcp: connections whose whole payload the server
-	// confirmed, over the time from the first write to the last
-	// confirmation.
-	Requests int64   `json:"requests"`
-	Seconds  float64 `json:"seconds"`
-	RPS      float64 `json:"rps"`
-	// Latency of the measured requests: from the scheduled send time at a
-	// fixed rate, from the actual send in a closed loop; with --new-conn it
-	// includes the connect. tcp: each connection's transfer time, from its
-	// first write to the server's count.
-	P50Ns  int64 `json:"p50_ns"`
-	P90Ns  int64 `json:"p90_ns"`
-	P99Ns  int64 `json:"p99_ns"`
-	P999Ns int64 `json:"p999_ns"`
-	MaxNs  int64 `json:"max_ns"`
-	MeanNs int64 `json:"mean_ns"`
-	// Fixed rate: how late sends started against their schedule (the load
-	// generator's own timing quality).
-	SendLagP50Ns int64 `json:"send_lag_p50_ns,omitempty"`
-	SendLagP99Ns int64 `json:"send_lag_p99_ns,omitempty"`
-	// Failed requests (tcp: connections), warm-up included, and the first
-	// failure.
-	Errors     int64  `json:"errors"`
-	FirstError string `json:"first_error,omitempty"`
-	// HTTP: keep-alive connections re-opened because the server closed one
-	// (never counted with --new-conn, where every request has its own).
-	Reconnects int64 `json:"reconnects"`
-	// tcp: payload bytes over all confirmed connections, and MB (10^6
-	// bytes) per second over Seconds.
-	Bytes  int64   `json:"bytes,omitempty"`
-	MBPerS float64 `json:"mb_per_s,omitempty"`
-}
+// Result is the JSON line of a load run (benchkit.LoadResult, which the
+// benchmarks decode).
+type Result = benchkit.LoadResult
 
 // setLatencies fills r's latency fields from h.
-func (r *Result) setLatencies(h *hist) {
+func setLatencies(r *Result, h *hist) {
 	r.P50Ns, r.P90Ns, r.P99Ns, r.P999Ns = h.quantile(0.5), h.quantile(0.9), h.quantile(0.99), h.quantile(0.999)
 	r.MaxNs, r.MeanNs = h.max, int64(h.mean())
 }
@@ -250,7 +215,7 @@ func runLoad(mode string, args []string, stdout, stderr io.Writer) int {
 	res.Requests, res.Errors = st.ok, st.errs
 	res.Seconds = st.elapsed.Seconds()
 	res.RPS = perSecond(float64(st.ok), res.Seconds)
-	res.setLatencies(&st.lat)
+	setLatencies(&res, &st.lat)
 	code := 0
 	if st.first != nil {
 		res.FirstError = st.first.Error()

@@ -95,8 +95,8 @@ func TestLoadAgainstApp(t *testing.T) {
 			if res.RPS <= 0 {
 				t.Errorf("rate %v", res.RPS)
 			}
-			if res.Bytes != 0 || res.MBPerS != 0 {
-				t.Errorf("bytes %d, %v MB/s in a %s run", res.Bytes, res.MBPerS, res.Mode)
+			if res.Bytes != 0 || res.MBps != 0 {
+				t.Errorf("bytes %d, %v MB/s in a %s run", res.Bytes, res.MBps, res.Mode)
 			}
 		})
 	}

@@ -102,8 +102,8 @@ func runTCP(args []string, stdout, stderr io.Writer) int {
 	res.Bytes = b.ok * int64(size)
 	res.Seconds = b.elapsed.Seconds()
 	res.RPS = perSecond(float64(b.ok), res.Seconds)
-	res.MBPerS = perSecond(float64(res.Bytes), res.Seconds) / 1e6
-	res.setLatencies(&b.times)
+	res.MBps = perSecond(float64(res.Bytes), res.Seconds) / 1e6
+	setLatencies(&res, &b.times)
 	if b.first != nil {
 		res.FirstError = b.first.Error()
 	}

@@ -42,11 +42,11 @@ func TestTCPBulkToSink(t *testing.T) {
 			if res.Bytes != tt.conns*tt.bytes {
 				t.Errorf("%d bytes, want %d × %d", res.Bytes, tt.conns, tt.bytes)
 			}
-			if res.Seconds <= 0 || res.MBPerS <= 0 || res.RPS <= 0 {
-				t.Errorf("%v s, %v MB/s, %v conn/s; want all positive", res.Seconds, res.MBPerS, res.RPS)
+			if res.Seconds <= 0 || res.MBps <= 0 || res.RPS <= 0 {
+				t.Errorf("%v s, %v MB/s, %v conn/s; want all positive", res.Seconds, res.MBps, res.RPS)
 			}
-			if got := float64(res.Bytes) / res.Seconds / 1e6; math.Abs(got-res.MBPerS) > 1e-9*got {
-				t.Errorf("%v MB/s, but %d bytes in %v s is %v", res.MBPerS, res.Bytes, res.Seconds, got)
+			if got := float64(res.Bytes) / res.Seconds / 1e6; math.Abs(got-res.MBps) > 1e-9*got {
+				t.Errorf("%v MB/s, but %d bytes in %v s is %v", res.MBps, res.Bytes, res.Seconds, got)
 			}
 			// Each connection's time is within the run's (the histogram
 			// rounds up by less than 1 %).
@@ -141,8 +141,8 @@ func TestTCPServerFailures(t *testing.T) {
 				addr = serveFake(t, tt.handle)
 			}
 			res, code := runJSON(t, "tcp", "--to", addr, "--bytes", "1MiB", "--conns", "2")
-			if code != 1 || res.Errors != 2 || res.Requests != 0 || res.Bytes != 0 || res.MBPerS != 0 {
-				t.Errorf("exit %d, %d errors, %d requests, %d bytes, %v MB/s; want exit 1, 2 errors and nothing confirmed", code, res.Errors, res.Requests, res.Bytes, res.MBPerS)
+			if code != 1 || res.Errors != 2 || res.Requests != 0 || res.Bytes != 0 || res.MBps != 0 {
+				t.Errorf("exit %d, %d errors, %d requests, %d bytes, %v MB/s; want exit 1, 2 errors and nothing confirmed", code, res.Errors, res.Requests, res.Bytes, res.MBps)
 			}
 			if !slices.ContainsFunc(tt.want, func(w string) bool { return strings.Contains(res.FirstError, w) }) {
 				t.Errorf("first error %q, want one naming one of %q", res.FirstError, tt.want)
@@ -169,8 +169,8 @@ func TestTCPPartialFailure(t *testing.T) {
 		})(c)
 	})
 	res, code := runJSON(t, "tcp", "--to", addr, "--bytes", "64KiB", "--conns", "3")
-	if code != 1 || res.Errors != 1 || res.Requests != 2 || res.Bytes != 2*64<<10 || res.MBPerS <= 0 || !strings.Contains(res.FirstError, "server counted") {
-		t.Errorf("exit %d, %d errors (%s), %d requests, %d bytes, %v MB/s; want exit 1, 1 error, 2 confirmed connections of 64 KiB", code, res.Errors, res.FirstError, res.Requests, res.Bytes, res.MBPerS)
+	if code != 1 || res.Errors != 1 || res.Requests != 2 || res.Bytes != 2*64<<10 || res.MBps <= 0 || !strings.Contains(res.FirstError, "server counted") {
+		t.Errorf("exit %d, %d errors (%s), %d requests, %d bytes, %v MB/s; want exit 1, 1 error, 2 confirmed connections of 64 KiB", code, res.Errors, res.FirstError, res.Requests, res.Bytes, res.MBps)
 	}
 
 	res, code = runJSON(t, "tcp", "--to", closedAddr(t), "--warmup", "1KiB")
