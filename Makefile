@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 PKGS := ./...
-FUZZTIME ?= 10s
+FUZZTIME ?= 100000x
 
 .PHONY: help deps generate check-generate build test fuzz test-unit bench bench-steering lint demo clean
 
@@ -27,7 +27,7 @@ test: deps check-generate lint ## Run every test as root on the real kernel (wha
 	$(GO) test -count=1 -timeout 40m -p 2 $(PKGS)
 	FUZZTIME=$(FUZZTIME) bash test/fuzz.sh
 
-fuzz: ## Run every fuzz target for FUZZTIME each (default 10s; e.g. make fuzz FUZZTIME=5m).
+fuzz: ## Run every fuzz target for FUZZTIME each (default 100000x executions; e.g. make fuzz FUZZTIME=5m).
 	FUZZTIME=$(FUZZTIME) bash test/fuzz.sh
 
 test-unit: ## Run the tests without installing anything (kernel tests skip unless root).
