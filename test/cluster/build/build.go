@@ -216,7 +216,7 @@ func (c Cache) cached(ctx context.Context, name string, files []string, build fu
 	}
 	took := time.Since(start).Round(time.Second)
 	fmt.Fprintf(c.out(), "built %s in %s (cached in %s)\n", name, took, dir)
-	c.log().Info("built", "component", name, "took", took, "dir", dir)
+	c.log().Info("built", "name", name, "took", took, "dir", dir)
 	return dir, nil
 }
 
