@@ -4,6 +4,13 @@
 set -euo pipefail
 pkgs=(clang llvm libbpf-dev linux-libc-dev bpftool iptables iproute2 util-linux curl wrk
   protobuf-compiler libprotobuf-dev nghttp2-client nginx-light libnginx-mod-stream linux-perf)
+# The local Kubernetes cluster's packages (etcd and the programs its images map to).
+cluster_deps="$(dirname "$0")/cluster/deps.txt"
+if [ -f "$cluster_deps" ]; then
+  while read -r p; do
+    case "$p" in ''|'#'*) ;; *) pkgs+=("$p") ;; esac
+  done <"$cluster_deps"
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
