@@ -357,10 +357,12 @@ func TestStartErrors(t *testing.T) {
 			fmt.Sprintf("open net namespace of process %d: no such file or directory", gone)},
 		{"cgroup fails", func(s *container.Spec, tag string) {
 			s.Cgroup = func(pid int) error {
-				cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-				return fmt.Errorf("no cgroup for %s", strings.TrimRight(string(cmdline), "\x00"))
+				// Called while the init waits: the program has not run.
+				exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+				self, _ := os.Executable()
+				return fmt.Errorf("no cgroup for the init: %v", exe == self)
 			}
-		}, `no cgroup for sluice-container-init`},
+		}, `no cgroup for the init: true`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -394,13 +396,14 @@ func TestExec(t *testing.T) {
 	data := t.TempDir()
 	writeFile(t, filepath.Join(data, "in-volume"), "volume", 0o644)
 	sb := startSandbox(t, container.SandboxSpec{Hostname: "pod-exec"})
+	cgroup := testCgroups(t, tag)
 	out := newOutput()
 	p := start(t, tag, container.Spec{
-		SandboxPID: sb.PID(),
-		Args:       []string{"sh", "-c", "echo secret >/tmp/only-here; echo ready; exec sleep 1000"},
-		Caps:       container.DefaultCaps(),
-		Mounts:     []container.Mount{{Source: data, Target: "/data"}},
-		Stdout:     out, OOMScoreAdj: 123,
+		SandboxPID: sb.PID(), Cgroup: cgroup,
+		Args:   []string{"sh", "-c", "echo secret >/tmp/only-here; echo ready; exec sleep 1000"},
+		Caps:   container.DefaultCaps(),
+		Mounts: []container.Mount{{Source: data, Target: "/data"}},
+		Stdout: out, OOMScoreAdj: 123,
 	})
 	out.waitFor(t, p, "ready")
 
@@ -434,6 +437,19 @@ func TestExec(t *testing.T) {
 		})
 	}
 
+	t.Run("cgroups", func(t *testing.T) {
+		want, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.PID()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(want), tag) {
+			t.Fatalf("the container is not in the test's cgroups: %s", want)
+		}
+		res, err := container.Exec(context.Background(), container.ExecSpec{PID: p.PID(), Args: []string{"cat", "/proc/self/cgroup"}})
+		if err != nil || string(res.Stdout) != string(want) {
+			t.Errorf("exec in cgroups\n%s(%v), want the container's\n%s", res.Stdout, err, want)
+		}
+	})
 	t.Run("missing program", func(t *testing.T) {
 		_, err := container.Exec(context.Background(), container.ExecSpec{PID: p.PID(), Args: []string{"nope-" + tag}})
 		if want := fmt.Sprintf(`exec "nope-%s": executable file not found in $PATH`, tag); err == nil || !strings.Contains(err.Error(), want) {

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -55,8 +57,9 @@ type execSpec struct {
 // "nope": executable file not found in $PATH`), timed out (ErrTimeout) or
 // ctx ended (then the result holds what it wrote until it was killed); a
 // command that ran and failed is a result with its exit code.
-// The command does not join the container's cgroup: it runs in the
-// caller's.
+// The command joins PID's cgroups (in every hierarchy mounted in the
+// caller's mount namespace) before it runs, like containerd's exec
+// processes: it counts against the container's limits and dies with it.
 func Exec(ctx context.Context, s ExecSpec) (ExecResult, error) {
 	if len(s.Args) == 0 {
 		return ExecResult{}, errors.New("exec in container: no command")
@@ -113,6 +116,9 @@ func runExec(s execSpec) error {
 	if err != nil {
 		return err
 	}
+	if err := joinCgroups(s.PID); err != nil {
+		return err
+	}
 	// The container's oom_score_adj, so that the kernel picks the same way.
 	if adj, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", s.PID)); err == nil {
 		if _, err := strconv.Atoi(strings.TrimSpace(string(adj))); err == nil {
@@ -131,6 +137,112 @@ func runExec(s execSpec) error {
 		return fmt.Errorf("change to working directory %s: %w", dir, err)
 	}
 	return execProgram(s.Args, programEnv(s.Env, s.Creds.UID), s.Creds)
+}
+
+// joinCgroups moves this process into pid's cgroup in every cgroup
+// hierarchy mounted in this mount namespace (v1 controllers, named v1
+// hierarchies, v2).
+func joinCgroups(pid int) error {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return fmt.Errorf("read cgroups of process %d: %w", pid, err)
+	}
+	mounts, err := cgroupMounts()
+	if err != nil {
+		return err
+	}
+	self := []byte(strconv.Itoa(os.Getpid()))
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		// hierarchy-id:controllers:path; v2 is "0::path".
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		for _, m := range mounts {
+			if !m.serves(parts[1]) {
+				continue
+			}
+			rel, ok := strings.CutPrefix(parts[2], m.root)
+			if !ok || (rel != "" && rel[0] != '/') {
+				continue // not visible through this mount
+			}
+			procs := filepath.Join(m.point, rel, "cgroup.procs")
+			if err := os.WriteFile(procs, self, 0); err != nil {
+				return fmt.Errorf("join cgroup of process %d: %w", pid, err)
+			}
+			break
+		}
+	}
+	return nil
+}
+
+// cgroupMount is a mounted cgroup hierarchy.
+type cgroupMount struct {
+	point, root string
+	v2          bool
+	options     []string // super options: controllers, name=...
+}
+
+// serves reports whether the mount is the hierarchy of a /proc/<pid>/cgroup
+// line's controllers field ("" for v2).
+func (m cgroupMount) serves(controllers string) bool {
+	if controllers == "" {
+		return m.v2
+	}
+	if m.v2 {
+		return false
+	}
+	for _, c := range strings.Split(controllers, ",") {
+		if !slices.Contains(m.options, c) {
+			return false
+		}
+	}
+	return true
+}
+
+// cgroupMounts lists the cgroup mounts of this mount namespace.
+func cgroupMounts() ([]cgroupMount, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	var out []cgroupMount
+	for _, line := range strings.Split(string(data), "\n") {
+		// id parent major:minor root point options [optional...] - fstype source super-options
+		pre, post, ok := strings.Cut(line, " - ")
+		if !ok {
+			continue
+		}
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if len(f) < 5 || len(g) < 3 || (g[0] != "cgroup" && g[0] != "cgroup2") {
+			continue
+		}
+		root := strings.TrimSuffix(unescapeMount(f[3]), "/")
+		out = append(out, cgroupMount{
+			point: unescapeMount(f[4]), root: root,
+			v2: g[0] == "cgroup2", options: strings.Split(g[2], ","),
+		})
+	}
+	return out, nil
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space, ...).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // limitedBuffer keeps the first max bytes written to it and drops the rest.

@@ -296,3 +296,48 @@ func writeFile(t *testing.T, path, content string, mode os.FileMode) {
 		t.Fatal(err)
 	}
 }
+
+// testCgroups creates the cgroup tag in every cgroup hierarchy mounted here
+// but cpuset (which needs its cpus and mems set first), removes them at
+// cleanup (after the test's processes are gone: call it before starting
+// them), and returns a Spec.Cgroup that places a process in all of them.
+func testCgroups(t *testing.T, tag string) func(pid int) error {
+	t.Helper()
+	var dirs []string
+	for _, m := range readMounts(t) {
+		_, post, _ := strings.Cut(m.line, " - ")
+		g := strings.Fields(post)
+		if len(g) < 3 || (g[0] != "cgroup" && g[0] != "cgroup2") || strings.Contains(","+g[2]+",", ",cpuset,") {
+			continue
+		}
+		dir := filepath.Join(m.point, tag)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		dirs = append(dirs, dir)
+	}
+	t.Cleanup(func() {
+		deadline := time.Now().Add(hangGuard)
+		for _, d := range dirs {
+			for {
+				err := os.Remove(d)
+				if err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Errorf("remove cgroup: %v", err)
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	})
+	return func(pid int) error {
+		for _, d := range dirs {
+			if err := os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
