@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io/fs"
-	"os/exec"
 	"strings"
 	"time"
 
@@ -69,10 +68,8 @@ func (s *Server) ExecSync(ctx context.Context, req *runtimeapi.ExecSyncRequest) 
 	case err != nil && ctx.Err() != nil:
 		return nil, status.FromContextError(ctx.Err()).Err()
 	case err != nil:
-		if code, ok := cannotRunCode(err); ok {
-			return &runtimeapi.ExecSyncResponse{Stderr: []byte(err.Error() + "\n"), ExitCode: int32(code)}, nil
-		}
-		return nil, status.Errorf(codes.Unknown, "exec %q in container %s: %v", strings.Join(req.GetCmd(), " "), c.rec.ID, err)
+		// Nothing ran: answer as runc does, an exit code and the reason.
+		return &runtimeapi.ExecSyncResponse{Stderr: []byte(err.Error() + "\n"), ExitCode: int32(cannotRunCode(err))}, nil
 	}
 	return &runtimeapi.ExecSyncResponse{
 		Stdout:   capOutput(res.Stdout),
@@ -82,16 +79,15 @@ func (s *Server) ExecSync(ctx context.Context, req *runtimeapi.ExecSyncRequest) 
 }
 
 // cannotRunCode maps an error starting a command to the exit code a shell
-// or runc gives it: 127 when the program does not exist, 126 when it
-// exists but cannot be executed.
-func cannotRunCode(err error) (int, bool) {
-	switch {
-	case errors.Is(err, exec.ErrNotFound), errors.Is(err, fs.ErrNotExist):
-		return exitCodeNotFound, true
-	case errors.Is(err, fs.ErrPermission), errors.Is(err, exec.ErrDot):
-		return exitCodeCannotExecute, true
+// or runc gives it: 127 when the program does not exist, 126 otherwise
+// (it exists but cannot be executed, or the exec step failed). The error
+// comes from the container's exec step as text, so its message decides.
+func cannotRunCode(err error) int {
+	msg := err.Error()
+	if errors.Is(err, fs.ErrNotExist) || strings.Contains(msg, "executable file not found") || strings.HasSuffix(msg, "no such file or directory") {
+		return exitCodeNotFound
 	}
-	return 0, false
+	return exitCodeCannotExecute
 }
 
 // capOutput truncates an output to maxExecOutput.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -405,7 +406,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandbo
 }
 
 // killHolder kills a holder (everything in its cgroup) and waits for it.
-func (s *Server) killHolder(p proc, cg string, log interface{ Warn(string, ...any) }) {
+func (s *Server) killHolder(p proc, cg string, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), killTimeout)
 	defer cancel()
 	if err := s.opts.Cgroups.Kill(ctx, cg); err != nil {
@@ -471,11 +472,21 @@ func (s *Server) StopPodSandbox(ctx context.Context, req *runtimeapi.StopPodSand
 func (s *Server) stopSandbox(ctx context.Context, sb *sandbox) error {
 	sb.op.Lock()
 	defer sb.op.Unlock()
+	log := s.log.With("sandbox", sb.rec.ID)
+	// NOTREADY first: no container is created meanwhile, and the holder's
+	// exit below is no surprise.
 	s.mu.Lock()
 	ctrs := s.sandboxContainers(sb.rec.ID)
 	holder := sb.holder
+	if sb.ready() {
+		log.Info("stopping pod sandbox")
+	}
+	sb.rec.State = sandboxStateName(runtimeapi.PodSandboxState_SANDBOX_NOTREADY)
+	err := sb.save()
 	s.mu.Unlock()
-	log := s.log.With("sandbox", sb.rec.ID)
+	if err != nil {
+		return err
+	}
 
 	for _, c := range ctrs {
 		if err := s.killContainer(ctx, c); err != nil {
@@ -498,21 +509,14 @@ func (s *Server) stopSandbox(ctx context.Context, sb *sandbox) error {
 		}
 		s.mu.Lock()
 		sb.rec.NetworkUp = false
-		err := sb.save()
+		err = sb.save()
 		s.mu.Unlock()
 		if err != nil {
 			return err
 		}
 	}
 	s.killHolder(holder, sb.rec.HolderCgroup, log)
-
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if sb.ready() {
-		log.Info("pod sandbox stopped")
-	}
-	sb.rec.State = sandboxStateName(runtimeapi.PodSandboxState_SANDBOX_NOTREADY)
-	return sb.save()
+	return nil
 }
 
 // RemovePodSandbox stops the sandbox, removes its containers, cgroups,
@@ -541,11 +545,7 @@ func (s *Server) RemovePodSandbox(ctx context.Context, req *runtimeapi.RemovePod
 	if err := s.opts.Cgroups.Remove(sb.rec.HolderCgroup); err != nil {
 		return nil, status.Errorf(codes.Unknown, "remove pod sandbox %s: remove cgroup: %v", sb.rec.ID, err)
 	}
-	if sb.config.GetLinux().GetCgroupParent() == "" {
-		if err := s.opts.Cgroups.Remove(sb.rec.CgroupParent); err != nil {
-			return nil, status.Errorf(codes.Unknown, "remove pod sandbox %s: remove cgroup: %v", sb.rec.ID, err)
-		}
-	}
+	s.removePodCgroup(sb)
 	if err := os.RemoveAll(sb.dir); err != nil {
 		return nil, status.Errorf(codes.Unknown, "remove pod sandbox %s: %v", sb.rec.ID, err)
 	}
@@ -554,6 +554,31 @@ func (s *Server) RemovePodSandbox(ctx context.Context, req *runtimeapi.RemovePod
 	s.mu.Unlock()
 	s.log.Info("pod sandbox removed", "sandbox", sb.rec.ID)
 	return &runtimeapi.RemovePodSandboxResponse{}, nil
+}
+
+// removePodCgroup removes the pod cgroup of a removed sandbox when no
+// other sandbox uses it and no process is left in it. The kubelet removes
+// the pod cgroups of the hierarchies it manages itself; this removes them
+// from the others (the v2 and name=systemd hierarchies on a hybrid machine)
+// and removes procri's own parent of a sandbox the kubelet gave none.
+func (s *Server) removePodCgroup(sb *sandbox) {
+	s.mu.Lock()
+	shared := false
+	for _, other := range s.sandboxes {
+		if other != sb && other.rec.CgroupParent == sb.rec.CgroupParent {
+			shared = true
+		}
+	}
+	s.mu.Unlock()
+	if shared {
+		return
+	}
+	if pids, err := s.opts.Cgroups.Pids(sb.rec.CgroupParent); err != nil || len(pids) > 0 {
+		return
+	}
+	if err := s.opts.Cgroups.Remove(sb.rec.CgroupParent); err != nil {
+		s.log.Debug("pod cgroup left in place", "cgroup", sb.rec.CgroupParent, "err", err)
+	}
 }
 
 // sandboxStatus is the CRI status of sb; s.mu must be held.

@@ -30,8 +30,8 @@ type sample struct {
 }
 
 // sampleCgroups samples the cgroups at paths. The CPU rate comes from each
-// path's previous sample; paths without one are sampled twice, rateWindow
-// apart (once for all of them).
+// path's previous sample when that is at least rateWindow old; the other
+// paths are sampled again rateWindow later (once for all of them).
 func (s *Server) sampleCgroups(paths []string) map[string]sample {
 	out := make(map[string]sample, len(paths))
 	var again []string
@@ -43,10 +43,13 @@ func (s *Server) sampleCgroups(paths []string) map[string]sample {
 		}
 		s.mu.Lock()
 		prev, ok := s.cpu[p]
-		s.cpu[p] = st
+		fresh := ok && st.At.Sub(prev.At) >= rateWindow && st.CPUUsageNanos >= prev.CPUUsageNanos
+		if fresh || !ok {
+			s.cpu[p] = st
+		}
 		s.mu.Unlock()
 		smp := sample{st: st}
-		if ok && st.At.After(prev.At) && st.CPUUsageNanos >= prev.CPUUsageNanos {
+		if fresh {
 			smp.nanoCores = cpuRate(prev, st)
 		} else {
 			again = append(again, p)
