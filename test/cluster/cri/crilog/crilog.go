@@ -162,9 +162,13 @@ func (s *stream) Write(p []byte) (int, error) {
 	}
 	// A pending part longer than a record goes out now as P records; the
 	// last MaxContent bytes wait, they may yet end the line as an F record.
-	for len(s.pending) > MaxContent {
-		out = s.appendRecord(out, ts, tagPartial, s.pending[:MaxContent])
-		s.pending = s.pending[:copy(s.pending, s.pending[MaxContent:])]
+	off := 0
+	for len(s.pending)-off > MaxContent {
+		out = s.appendRecord(out, ts, tagPartial, s.pending[off:off+MaxContent])
+		off += MaxContent
+	}
+	if off > 0 {
+		s.pending = s.pending[:copy(s.pending, s.pending[off:])]
 	}
 	if len(out) == 0 {
 		return len(p), nil

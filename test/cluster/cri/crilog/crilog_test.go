@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -92,6 +93,7 @@ func TestRoundTrip(t *testing.T) {
 		{"3x MaxContent+5 in small writes", chunk(long+long+long+"12345\nend\n", 1000), []string{"stdout:P", "stdout:P", "stdout:P", "stdout:F", "stdout:F"}},
 		{"long unterminated tail", []string{"a\n" + long + long + "zz"}, []string{"stdout:F", "stdout:P", "stdout:P", "stdout:P"}},
 		{"tail of exactly MaxContent", []string{long}, []string{"stdout:P"}},
+		{"10 MaxContent in one write, then a newline", []string{strings.Repeat(long, 10) + "x", "\n"}, append(slices.Repeat([]string{"stdout:P"}, 10), "stdout:F")},
 		{"binary and carriage returns", []string{"a\r\x00\xff b\t\n"}, []string{"stdout:F"}},
 		{"nothing", nil, nil},
 	}
