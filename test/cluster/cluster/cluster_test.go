@@ -3,15 +3,21 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/sluice-mesh/sluice/test/cluster/cri/cgroup"
 	"github.com/sluice-mesh/sluice/test/cluster/internal/testenv"
 )
 
@@ -42,6 +48,13 @@ func testConfig(t *testing.T) (Config, *syncBuffer) {
 		testenv.Missing(t, "test needs Debian's etcd-server (%s): %v", etcdPath, err)
 	}
 	testenv.RequireCommand(t, "iptables")
+	lockCtx, cancel := context.WithTimeout(context.Background(), 30*time.Minute) // hang guard: another package's cluster test
+	defer cancel()
+	unlock, err := LockMachine(lockCtx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(unlock)
 	wd, err := os.Getwd()
 	if err != nil {
 		t.Fatal(err)
@@ -50,6 +63,7 @@ func testConfig(t *testing.T) (Config, *syncBuffer) {
 	cfg := Config{
 		Dir: filepath.Join(t.TempDir(), "state"),
 		Out: out,
+		Log: slog.New(slog.NewTextHandler(out, nil)),
 	}
 	cfg.Cache.ModuleDir = filepath.Dir(wd)
 	t.Cleanup(func() {
@@ -65,7 +79,7 @@ func testConfig(t *testing.T) (Config, *syncBuffer) {
 		if len(left) > 0 {
 			t.Errorf("Down left:\n  %s", strings.Join(left, "\n  "))
 		}
-		if t.Failed() {
+		if t.Failed() || testing.Verbose() {
 			t.Logf("progress:\n%s", out)
 		}
 	})
@@ -139,5 +153,129 @@ func TestControlPlane(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "etcd running (reused)") {
 		t.Errorf("second Up did not say it reused etcd:\n%s", out)
+	}
+}
+
+// TestDownAfterCrash kills the control plane as a crash would, removes its
+// pid files, and plants what a crashed node leaves (a pod process in the
+// kubepods cgroups, a kubelet tmpfs mount, kube-proxy's and the CNI
+// plugins' iptables chains, the bridge and the node link, a
+// /var/log/containers link): Leftovers names each, and Down removes them
+// all.
+func TestDownAfterCrash(t *testing.T) {
+	cfg, _ := testConfig(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute) // hang guard
+	defer cancel()
+	c, err := up(ctx, cfg, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := daemons{l: c.l, log: c.log}
+	var pids []int
+	for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} {
+		st, ok := ds.running(name)
+		if !ok {
+			t.Fatalf("%s not running", name)
+		}
+		pids = append(pids, st.PID)
+		syscall.Kill(st.PID, syscall.SIGKILL)
+	}
+	// The daemons are children of this test process: reaped by Up's
+	// goroutines. Start them again without pid files, as strays.
+	if err := os.RemoveAll(c.l.run()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := up(ctx, cfg, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(c.l.run()); err != nil {
+		t.Fatal(err)
+	}
+
+	n := c.nodes[0]
+	if err := n.setupLink(); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: n.bridge}}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := cgroup.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	podCgroup := fmt.Sprintf("/kubepods/besteffort/pod-crashtest-%d", os.Getpid())
+	if err := m.Create(podCgroup, cgroup.Resources{}); err != nil {
+		t.Fatal(err)
+	}
+	sleep := exec.Command("sleep", "1000")
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go sleep.Wait()
+	if err := m.Add(podCgroup, sleep.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	volume := c.l.path("kubelet", "pods", "uid", "volumes", "kubernetes.io~projected", "token")
+	if err := os.MkdirAll(volume, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", volume, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	chain := fmt.Sprintf("KUBE-CRASHTEST-%d", os.Getpid())
+	cniChain := fmt.Sprintf("CNI-crashtest-%d", os.Getpid())
+	comment := fmt.Sprintf("name: %q id: \"crashtest\"", CNINetwork)
+	for _, args := range [][]string{
+		{"iptables", "-t", "nat", "-N", chain},
+		{"iptables", "-t", "nat", "-A", "OUTPUT", "-d", "10.96.255.254/32", "-j", chain},
+		{"ip6tables", "-t", "filter", "-N", chain},
+		{"iptables", "-t", "nat", "-N", cniChain},
+		{"iptables", "-t", "nat", "-A", cniChain, "-d", "10.244.0.0/24", "-m", "comment", "--comment", comment, "-j", "ACCEPT"},
+		{"iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "10.244.0.250/32", "-m", "comment", "--comment", comment, "-j", cniChain},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	logLink := fmt.Sprintf("/var/log/containers/crashtest-%d.log", os.Getpid())
+	os.MkdirAll("/var/log/containers", 0o755)
+	if err := os.Symlink(c.l.path("pod-logs", "x", "0.log"), logLink); err != nil {
+		t.Fatal(err)
+	}
+
+	left, err := Leftovers(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := strings.Join(left, "\n")
+	for _, want := range []string{
+		"(etcd)", "(kube-apiserver)", "(kube-controller)", "(kube-scheduler)", // strays, no pid files
+		fmt.Sprintf("process %d (sleep, in /kubepods)", sleep.Process.Pid),
+		"mount " + volume,
+		"iptables chain " + chain + " (table nat)", "ip6tables chain " + chain + " (table filter)",
+		"iptables chain " + cniChain + " (table nat)", "rule in POSTROUTING",
+		"link " + n.bridge, "link " + n.name,
+		"cgroup /sys/fs/cgroup/memory/kubepods", "cgroup /sys/fs/cgroup/unified/kubepods",
+		"log link " + logLink,
+		"dir " + c.l.dir,
+	} {
+		if !strings.Contains(all, want) {
+			t.Errorf("Leftovers does not report %q:\n%s", want, all)
+		}
+	}
+	if err := Down(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	left, err = Leftovers(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) > 0 {
+		t.Fatalf("Down left:\n  %s", strings.Join(left, "\n  "))
+	}
+	for _, pid := range append(pids, sleep.Process.Pid) {
+		if _, state, err := procStat(pid); err == nil && state != 'Z' {
+			t.Errorf("process %d still runs", pid)
+		}
 	}
 }

@@ -201,10 +201,11 @@ func (ds daemons) waitReady(ctx context.Context, d *daemon, pid int) error {
 func (ds daemons) stop(ctx context.Context, name string, grace time.Duration) error {
 	st, ok := ds.running(name)
 	if ok {
-		ds.log.Info("stopping", "daemon", name, "pid", st.PID)
+		start := time.Now()
 		if err := killWait(ctx, st.PID, st.Start, grace); err != nil {
 			return fmt.Errorf("stop %s: %w", name, err)
 		}
+		ds.log.Info("stopped", "daemon", name, "pid", st.PID, "took", time.Since(start))
 	}
 	for _, ext := range []string{".json", ".pid"} {
 		if err := os.Remove(filepath.Join(ds.l.run(), name+ext)); err != nil && !errors.Is(err, os.ErrNotExist) {

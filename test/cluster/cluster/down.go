@@ -28,10 +28,10 @@ import (
 // cgroupsPerQOS), in every hierarchy.
 const podsCgroup = "/kubepods"
 
-// daemonPrograms are the programs the cluster runs as daemons: a process
-// of one of these with the state root in its command line is the
-// cluster's, pid file or not.
-var daemonPrograms = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "procri", "kubelet", "kube-proxy"}
+// daemonPrograms are the programs the cluster runs as daemons, in the
+// order they are stopped: a process of one of these with the state root in
+// its command line is the cluster's, pid file or not.
+var daemonPrograms = []string{"kube-proxy", "kubelet", "procri", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"}
 
 // stopOrder stops the node daemons before the control plane, and the
 // kubelet before the runtime (so it does not restart what the runtime
@@ -89,7 +89,7 @@ func Down(ctx context.Context, cfg Config) error {
 			}
 			note(ds.stop(ctx, name, 15*time.Second))
 		}
-		note(killStrays(ctx, l))
+		note(killStrays(ctx, l, log))
 	})
 	step("removed pods", func() {
 		note(killPods(ctx, log))
@@ -161,13 +161,15 @@ func stopPods(ctx context.Context, socket string) error {
 }
 
 // strays lists the cluster's daemon processes: a daemon program with the
-// state root in its arguments.
+// state root in its arguments, in daemonPrograms' order (the API server
+// stops promptly only while etcd runs).
 func strays(dir string) ([]int, error) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil, fmt.Errorf("list processes: %w", err)
 	}
 	var pids []int
+	rank := map[int]int{}
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil || pid == os.Getpid() {
@@ -178,22 +180,25 @@ func strays(dir string) ([]int, error) {
 			continue
 		}
 		args := strings.Split(strings.TrimRight(string(data), "\x00"), "\x00")
-		if !slices.Contains(daemonPrograms, filepath.Base(args[0])) {
+		r := slices.Index(daemonPrograms, filepath.Base(args[0]))
+		if r < 0 {
 			continue
 		}
 		for _, a := range args[1:] {
 			if strings.Contains(a, "="+dir+"/") || strings.HasPrefix(a, dir+"/") || strings.HasSuffix(a, "="+dir) {
 				pids = append(pids, pid)
+				rank[pid] = r
 				break
 			}
 		}
 	}
+	sort.SliceStable(pids, func(i, j int) bool { return rank[pids[i]] < rank[pids[j]] })
 	return pids, nil
 }
 
 // killStrays kills daemons whose pid files are gone (a crash, a removed
 // state directory).
-func killStrays(ctx context.Context, l layout) error {
+func killStrays(ctx context.Context, l layout, log *slog.Logger) error {
 	pids, err := strays(l.dir)
 	if err != nil {
 		return err
@@ -204,7 +209,9 @@ func killStrays(ctx context.Context, l layout) error {
 		if err != nil {
 			continue
 		}
+		begin := time.Now()
 		errs = append(errs, killWait(ctx, pid, start, 5*time.Second))
+		log.Info("stopped a daemon without pid file", "pid", pid, "took", time.Since(begin))
 	}
 	return errors.Join(errs...)
 }

@@ -13,14 +13,15 @@ import (
 )
 
 // node is one kubelet of the cluster with its runtime and its addresses.
-// Node i's addresses live on a dummy link of its own, so that the cluster
-// does not depend on the machine's network and a second node could be
-// added beside the first.
+// Node i's addresses live on a link of its own (a dummy link, or a bridge
+// without ports where the kernel has no dummy driver), so that the cluster
+// does not depend on the machine's network and a second node could be added
+// beside the first.
 type node struct {
 	index int
-	// name is the Node's name and its dummy link's name.
+	// name is the Node's name and its link's name.
 	name string
-	// ipv4 and ipv6 are the node's addresses (on the dummy link).
+	// ipv4 and ipv6 are the node's addresses (on its link).
 	ipv4, ipv6 netip.Addr
 	// bridge is the pods' CNI bridge; podSubnets are the pods' ranges.
 	bridge     string
@@ -53,7 +54,10 @@ func (n node) suffix() string {
 
 func (n node) ips() []netip.Addr { return []netip.Addr{n.ipv4, n.ipv6} }
 
-// setupLink creates the node's dummy link with its addresses, up.
+// setupLink creates the node's link with its addresses, up: a dummy link,
+// or a bridge without ports when the kernel has no dummy driver (this
+// machine's kernel is built without CONFIG_DUMMY). Either is up without a
+// cable, and its addresses are local addresses of the machine.
 func (n node) setupLink() error {
 	link, err := netlink.LinkByName(n.name)
 	if err != nil {
@@ -61,15 +65,20 @@ func (n node) setupLink() error {
 		if !errors.As(err, &notFound) {
 			return fmt.Errorf("look up link %s: %w", n.name, err)
 		}
-		if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: n.name}}); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("add dummy link %s: %w", n.name, err)
+		attrs := netlink.LinkAttrs{Name: n.name}
+		err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: attrs})
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			err = netlink.LinkAdd(&netlink.Bridge{LinkAttrs: attrs})
+		}
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add link %s: %w", n.name, err)
 		}
 		if link, err = netlink.LinkByName(n.name); err != nil {
 			return fmt.Errorf("look up link %s: %w", n.name, err)
 		}
 	}
-	if _, isDummy := link.(*netlink.Dummy); !isDummy {
-		return fmt.Errorf("link %s exists and is a %s, not a dummy link: remove it", n.name, link.Type())
+	if t := link.Type(); t != "dummy" && t != "bridge" {
+		return fmt.Errorf("link %s exists and is a %s link, not the node's dummy link or bridge: remove it", n.name, t)
 	}
 	for _, ip := range n.ips() {
 		addr := &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(ip.BitLen(), ip.BitLen())}}

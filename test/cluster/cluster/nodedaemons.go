@@ -76,7 +76,24 @@ func writeNodeConfig(l layout, n node, c certs) error {
 	if err := pki.WriteFile(f.resolvConf, withoutLoopbackServers(resolv), 0o644); err != nil {
 		return err
 	}
-	kubelet, err := render(kubeletTemplateText, map[string]any{
+	kubelet, err := kubeletConfig(l, n, c)
+	if err != nil {
+		return err
+	}
+	if err := pki.WriteFile(f.kubeletConfig, kubelet, 0o644); err != nil {
+		return err
+	}
+	proxy, err := kubeProxyConfig(l, n)
+	if err != nil {
+		return err
+	}
+	return pki.WriteFile(f.kubeProxyConfig, proxy, 0o644)
+}
+
+// kubeletConfig renders node n's KubeletConfiguration.
+func kubeletConfig(l layout, n node, c certs) ([]byte, error) {
+	f := l.node(n)
+	return render(kubeletTemplateText, map[string]any{
 		"Node":            n.name,
 		"Socket":          f.socket,
 		"PodLogsDir":      f.podLogs,
@@ -89,26 +106,20 @@ func writeNodeConfig(l layout, n node, c certs) error {
 		"ClusterDomain":   ClusterDomain,
 		"ResolvConf":      f.resolvConf,
 	})
-	if err != nil {
-		return err
-	}
-	if err := pki.WriteFile(f.kubeletConfig, kubelet, 0o644); err != nil {
-		return err
-	}
+}
+
+// kubeProxyConfig renders node n's KubeProxyConfiguration.
+func kubeProxyConfig(l layout, n node) ([]byte, error) {
 	cidrs := make([]string, len(PodCIDRs))
 	for i, p := range PodCIDRs {
 		cidrs[i] = p.String()
 	}
-	proxy, err := render(kubeProxyTemplateText, map[string]any{
+	return render(kubeProxyTemplateText, map[string]any{
 		"Node":        n.name,
 		"Kubeconfig":  l.kubeconfig("kube-proxy"),
 		"ClusterCIDR": strings.Join(cidrs, ","),
 		"NodeIP":      n.ipv4,
 	})
-	if err != nil {
-		return err
-	}
-	return pki.WriteFile(f.kubeProxyConfig, proxy, 0o644)
 }
 
 func render(text string, data any) ([]byte, error) {
