@@ -277,6 +277,28 @@ func TestContainer(t *testing.T) {
 	}
 }
 
+// TestDescriptors checks that a container gets stdin, stdout and stderr
+// only, though this process has a descriptor without close-on-exec.
+func TestDescriptors(t *testing.T) {
+	tag := setup(t)
+	stray, err := unix.Open("/dev/null", unix.O_RDONLY, 0) // inheritable
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(stray)
+	sb := startSandbox(t, container.SandboxSpec{})
+	out := newOutput()
+	// ls's own directory descriptor is 3.
+	p := start(t, tag, container.Spec{SandboxPID: sb.PID(), Args: []string{"ls", "/proc/self/fd"}, Stdout: out, Stderr: out})
+	if st := wait(t, p); st.Code != 0 || out.String() != "0\n1\n2\n3\n" {
+		t.Errorf("container descriptors %q (exit %+v), want 0 to 3", out.String(), st)
+	}
+	res, err := container.Exec(context.Background(), container.ExecSpec{PID: sb.PID(), Args: []string{"ls", "/proc/self/fd"}})
+	if err != nil || string(res.Stdout) != "0\n1\n2\n3\n" {
+		t.Errorf("exec descriptors %q (%v), want 0 to 3", res.Stdout, err)
+	}
+}
+
 func TestExitAndSignals(t *testing.T) {
 	tests := []struct {
 		name     string

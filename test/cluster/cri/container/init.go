@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -32,8 +33,14 @@ func Init() {
 	}
 	runtime.LockOSThread()
 	status := os.NewFile(statusFD, "status")
-	unix.CloseOnExec(specFD)
-	unix.CloseOnExec(statusFD)
+	// No descriptor reaches the program but 0, 1 and 2: not the spec and
+	// status pipes, nor what the runtime inherited without close-on-exec.
+	const closeRangeCloexec = 1 << 2 // CLOSE_RANGE_CLOEXEC, linux/close_range.h
+	if err := unix.CloseRange(3, math.MaxUint32, closeRangeCloexec); err != nil {
+		for fd := 3; fd < 1024; fd++ { // kernels before 5.11
+			unix.CloseOnExec(fd)
+		}
+	}
 	err := runChild(mode, status)
 	if err == nil {
 		err = errors.New("child step returned without exec")
