@@ -27,16 +27,33 @@ var capNames = [...]string{
 	"CAP_CHECKPOINT_RESTORE",
 }
 
-// allCaps is every capability the running kernel knows (privileged
-// containers get them all).
+// allCaps is every capability procri itself has (its effective set): what
+// privileged containers get. A root procri in a restricted environment may
+// lack some (CAP_SYS_RESOURCE in some VMs), and no process it starts can
+// have more.
 func allCaps() []string {
-	last := len(capNames) - 1
-	if data, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
-		if n, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && n < last {
-			last = n
-		}
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return slices.Clone(capNames[:])
 	}
-	return slices.Clone(capNames[:last+1])
+	for line := range strings.SplitSeq(string(data), "\n") {
+		hex, ok := strings.CutPrefix(line, "CapEff:")
+		if !ok {
+			continue
+		}
+		bits, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+		if err != nil {
+			break
+		}
+		var out []string
+		for i, name := range capNames {
+			if bits&(1<<i) != 0 {
+				out = append(out, name)
+			}
+		}
+		return out
+	}
+	return slices.Clone(capNames[:])
 }
 
 // normalizeCap turns "net_admin" or "NET_ADMIN" into "CAP_NET_ADMIN";

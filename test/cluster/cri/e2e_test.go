@@ -104,6 +104,7 @@ func TestPodLifecycle(t *testing.T) {
 	cfg.Linux.SecurityContext.RunAsGroup = &runtimeapi.Int64Value{Value: 5678}
 	cfg.Linux.SecurityContext.SupplementalGroups = []int64{4242}
 	cfg.Linux.SecurityContext.Capabilities = &runtimeapi.Capability{DropCapabilities: []string{"ALL"}, AddCapabilities: []string{"NET_BIND_SERVICE"}}
+	cfg.Linux.SecurityContext.NoNewPrivs = true
 	cr, err := r.rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sbID, Config: cfg, SandboxConfig: sbCfg})
 	if err != nil {
 		t.Fatal(err)
@@ -151,6 +152,9 @@ func TestPodLifecycle(t *testing.T) {
 	if got := procStatusField(t, pid, "CapBnd"); got != "0000000000000400" {
 		t.Errorf("CapBnd: %s, want only CAP_NET_BIND_SERVICE", got)
 	}
+	if got := procStatusField(t, pid, "NoNewPrivs"); got != "1" {
+		t.Errorf("NoNewPrivs: %s", got)
+	}
 	if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid)); err != nil || strings.TrimSpace(string(data)) != "1000" {
 		t.Errorf("oom_score_adj = %q, %v", data, err)
 	}
@@ -189,9 +193,23 @@ func TestPodLifecycle(t *testing.T) {
 		t.Errorf("exec past its timeout = %v, want DeadlineExceeded", err)
 	}
 
-	// A container that ignores SIGTERM, and two that exit on their own.
-	stubborn := r.startContainer(sbID, sbCfg, containerConfig(sbCfg, "stubborn", "ignore-term"))
+	// A privileged container with a read-only root that ignores SIGTERM,
+	// and two that exit on their own.
+	stubbornCfg := containerConfig(sbCfg, "stubborn", "ignore-term")
+	stubbornCfg.Linux.SecurityContext.Privileged = true
+	stubbornCfg.Linux.SecurityContext.ReadonlyRootfs = true
+	stubborn := r.startContainer(sbID, sbCfg, stubbornCfg)
 	r.waitLog(filepath.Join(sbCfg.GetLogDirectory(), "stubborn/0.log"), "ignoring SIGTERM")
+	_, stubbornPID := r.status(stubborn)
+	if got, want := procStatusField(t, stubbornPID, "CapEff"), procStatusField(t, os.Getpid(), "CapEff"); got != want {
+		t.Errorf("privileged container CapEff %s, want every capability (%s)", got, want)
+	}
+	if resp, err := r.exec(stubborn, 10, "/bin/sh", "-c", "echo x > /etc/procri-test"); err != nil || resp.GetExitCode() == 0 {
+		t.Errorf("writing to a read-only root: %v, %v", resp, err)
+	}
+	if got := r.mustExec(stubborn, "/bin/sh", "-c", "echo x > /tmp/ok && cat /tmp/ok"); got != "x\n" {
+		t.Errorf("writing to /tmp under a read-only root: %q", got)
+	}
 	failing := r.startContainer(sbID, sbCfg, containerConfig(sbCfg, "failing", "exit", "3"))
 	done := r.startContainer(sbID, sbCfg, containerConfig(sbCfg, "done", "exit", "0"))
 
@@ -205,6 +223,11 @@ func TestPodLifecycle(t *testing.T) {
 	}
 	if dst := r.waitExited(done); dst.GetExitCode() != 0 || dst.GetReason() != "Completed" {
 		t.Errorf("done container status = %v", dst)
+	}
+
+	// The streaming calls say procri does not do them.
+	if _, err := r.rt.Exec(ctx, &runtimeapi.ExecRequest{ContainerId: server, Cmd: []string{"sh"}}); status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "procri does not implement Exec") {
+		t.Errorf("Exec = %v", err)
 	}
 
 	// Listing with filters.
@@ -640,4 +663,74 @@ func memoryLimit(t *testing.T, pid int) int64 {
 		t.Fatalf("memory limit %q: %v", b, err)
 	}
 	return n
+}
+
+// TestSandboxSysctlsAndRollback sets a namespaced sysctl in a pod, and
+// checks that sandboxes whose setup fails (a sysctl that cannot be set, no
+// network configuration) leave nothing behind and say which step failed.
+func TestSandboxSysctlsAndRollback(t *testing.T) {
+	r := newTestRuntime(t)
+	ctx := t.Context()
+	host, err := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := r.sandboxConfig("sysctl", false)
+	cfg.Linux.Sysctls = map[string]string{"net.ipv4.ip_unprivileged_port_start": "80"}
+	id := r.runSandbox(cfg)
+	c := r.startContainer(id, cfg, containerConfig(cfg, "app"))
+	r.waitLog(filepath.Join(cfg.GetLogDirectory(), "app/0.log"), "serving on")
+	if got := r.mustExec(c, "/bin/cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"); got != "80\n" {
+		t.Errorf("sysctl in the pod = %q, want 80", got)
+	}
+	if now, _ := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start"); string(now) != string(host) {
+		t.Errorf("the host's sysctl changed from %q to %q", host, now)
+	}
+
+	leftovers := func(cfg *runtimeapi.PodSandboxConfig) {
+		t.Helper()
+		list, err := r.rt.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{LabelSelector: map[string]string{"app": cfg.GetMetadata().GetName()}}})
+		if err != nil || len(list.GetItems()) != 0 {
+			t.Errorf("sandboxes listed after a failed run: %v, %v", list, err)
+		}
+		if pids, err := r.opts.Cgroups.Pids(cfg.GetLinux().GetCgroupParent()); err != nil || len(pids) != 0 {
+			t.Errorf("processes left in the pod cgroup: %v, %v", pids, err)
+		}
+		entries, _ := os.ReadDir(filepath.Join(r.opts.StateDir, sandboxesDir))
+		if len(entries) != 1 {
+			t.Errorf("sandbox directories: %v, want only the running sandbox's", entries)
+		}
+	}
+	bad := r.sandboxConfig("badsysctl", false)
+	bad.Linux.Sysctls = map[string]string{"net.ipv4.ip_unprivileged_port_start": "not-a-number"}
+	_, err = r.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: bad})
+	if err == nil || !strings.Contains(err.Error(), "set sysctls") {
+		t.Errorf("RunPodSandbox with a bad sysctl = %v, want the failed step named", err)
+	}
+	leftovers(bad)
+
+	// Without a network configuration, the CNI step fails.
+	conf := filepath.Join(r.base, "net.d", "10-critest.conflist")
+	if err := os.Rename(conf, conf+".off"); err != nil {
+		t.Fatal(err)
+	}
+	nonet := r.sandboxConfig("nonet", false)
+	_, err = r.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: nonet})
+	if err == nil || !strings.Contains(err.Error(), "set up network (CNI)") {
+		t.Errorf("RunPodSandbox without a network = %v, want the failed step named", err)
+	}
+	if st, err := r.rt.Status(ctx, &runtimeapi.StatusRequest{}); err != nil || st.GetStatus().GetConditions()[1].GetStatus() {
+		t.Errorf("Status without a network configuration = %v, %v; want NetworkReady false", st, err)
+	}
+	if err := os.Rename(conf+".off", conf); err != nil {
+		t.Fatal(err)
+	}
+	leftovers(nonet)
+
+	// A sysctl that is not namespaced is refused before anything starts.
+	vm := r.sandboxConfig("vm", false)
+	vm.Linux.Sysctls = map[string]string{"vm.swappiness": "10"}
+	if _, err := r.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: vm}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "vm.swappiness") {
+		t.Errorf("RunPodSandbox with vm.swappiness = %v", err)
+	}
 }
