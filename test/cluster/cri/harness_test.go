@@ -56,6 +56,7 @@ type testRuntime struct {
 	cgroupRoot string
 
 	srv  *Server
+	sock string
 	g    *grpc.Server
 	conn *grpc.ClientConn
 	rt   runtimeapi.RuntimeServiceClient
@@ -195,7 +196,7 @@ func (r *testRuntime) start() {
 		srv.Close()
 		t.Fatal(err)
 	}
-	r.srv, r.g, r.conn = srv, g, conn
+	r.srv, r.sock, r.g, r.conn = srv, sock, g, conn
 	r.rt, r.img = runtimeapi.NewRuntimeServiceClient(conn), runtimeapi.NewImageServiceClient(conn)
 }
 
