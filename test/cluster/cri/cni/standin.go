@@ -14,7 +14,7 @@ import (
 )
 
 // standIn makes a network namespace, pinned at a new file in dir, holding a
-// dummy interface ifname with the addresses addrs, for a DEL whose pod
+// interface ifname with the addresses addrs, for a DEL whose pod
 // namespace is gone. The bridge plugin learns which masquerading rules to
 // delete from the addresses of the interface it removes: without a
 // namespace it would only release the addresses and leave the rules. The
@@ -56,7 +56,7 @@ func standIn(dir, ifname string, addrs []netip.Prefix) (path string, cleanup fun
 	return path, cleanup, nil
 }
 
-// fillStandIn adds the dummy interface with addrs to the namespace at path.
+// fillStandIn adds the interface with addrs to the namespace at path.
 func fillStandIn(path, ifname string, addrs []netip.Prefix) error {
 	ns, err := netns.GetFromPath(path)
 	if err != nil {
@@ -68,7 +68,9 @@ func fillStandIn(path, ifname string, addrs []netip.Prefix) error {
 		return fmt.Errorf("open netlink in %s: %w", path, err)
 	}
 	defer h.Close()
-	if err := h.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: ifname}}); err != nil {
+	// A veth pair (both ends inside) rather than a dummy link: the
+	// bridge plugin needs veth anyway, the dummy driver may be missing.
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: ifname}, PeerName: ifname + "-peer"}); err != nil {
 		return fmt.Errorf("add stand-in %s: %w", ifname, err)
 	}
 	link, err := h.LinkByName(ifname)
