@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sluice-mesh/sluice/test/cluster/cri/cgroup"
@@ -278,4 +279,89 @@ func TestDownAfterCrash(t *testing.T) {
 			t.Errorf("process %d still runs", pid)
 		}
 	}
+}
+
+// TestUp brings the whole cluster up: the node and CoreDNS are Ready, a
+// pod resolves the kubernetes Service by name through CoreDNS and reaches
+// the API server through kube-proxy, its output is readable as the
+// kubelet's logs, a second Up reuses every daemon, and (in the cleanup)
+// Down leaves nothing.
+func TestUp(t *testing.T) {
+	cfg, out := testConfig(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute) // hang guard (a cold build)
+	defer cancel()
+	c, err := Up(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := c.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := cs.CoreV1().Nodes().Get(ctx, c.NodeName(), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := false
+	for _, cond := range node.Status.Conditions {
+		ready = ready || (cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue)
+	}
+	if !ready || node.Status.NodeInfo.KubeletVersion != "v1.34.4" || !strings.HasPrefix(node.Status.NodeInfo.ContainerRuntimeVersion, "procri://") {
+		t.Errorf("node %s: ready %t, kubelet %s, runtime %s; want Ready, v1.34.4, procri", node.Name, ready,
+			node.Status.NodeInfo.KubeletVersion, node.Status.NodeInfo.ContainerRuntimeVersion)
+	}
+	dns, err := cs.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "k8s-app=kube-dns"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dns.Items) != 1 || !podReady(&dns.Items[0]) {
+		t.Fatalf("CoreDNS pods %d, want 1 Ready", len(dns.Items))
+	}
+
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "reach-apiserver", Namespace: "default"},
+		Spec: corev1.PodSpec{
+			RestartPolicy: corev1.RestartPolicyNever,
+			Containers: []corev1.Container{{
+				Name:  "curl",
+				Image: "curlimages/curl:8.10.1",
+				Args:  []string{"-sS", "--max-time", "10", "--cacert", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", "https://kubernetes.default.svc.cluster.local/version"},
+			}},
+		},
+	}
+	if _, err := cs.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var phase corev1.PodPhase
+	err = poll(ctx, 2*time.Minute, func(ctx context.Context) (bool, error) {
+		p, err := cs.CoreV1().Pods("default").Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		phase = p.Status.Phase
+		return phase == corev1.PodSucceeded || phase == corev1.PodFailed, nil
+	})
+	if err != nil {
+		t.Fatalf("pod did not finish: %v", err)
+	}
+	logs, err := cs.CoreV1().Pods("default").GetLogs(pod.Name, &corev1.PodLogOptions{}).DoRaw(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if phase != corev1.PodSucceeded || !strings.Contains(string(logs), `"gitVersion": "v1.34.4"`) {
+		t.Errorf("pod %s; its output (the API server's /version through the kubernetes Service, by DNS name):\n%s", phase, logs)
+	}
+
+	before := Status(cfg)
+	start := len(out.String())
+	if _, err := Up(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	after := Status(cfg)
+	for i, d := range before {
+		if !d.Running || !after[i].Running || after[i].PID != d.PID {
+			t.Errorf("%s: pid %d (running %t), after a second Up pid %d (running %t); want the same process", d.Name, d.PID, d.Running, after[i].PID, after[i].Running)
+		}
+	}
+	t.Logf("second Up:\n%s", out.String()[start:])
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -61,12 +62,11 @@ type daemons struct {
 // spec hashes what the daemon runs: a change restarts it.
 func (d *daemon) spec() (string, error) {
 	h := sha256.New()
-	fi, err := os.Stat(d.path)
+	id, err := programID(d.path)
 	if err != nil {
-		return "", fmt.Errorf("stat %s program: %w", d.name, err)
+		return "", fmt.Errorf("identify %s program: %w", d.name, err)
 	}
-	st := fi.Sys().(*syscall.Stat_t)
-	fmt.Fprintf(h, "%s %d %d %d\n", d.path, st.Ino, fi.Size(), fi.ModTime().UnixNano())
+	fmt.Fprintf(h, "%s %s\n", d.path, id)
 	for _, a := range d.args {
 		fmt.Fprintf(h, "arg %q\n", a)
 	}
@@ -82,6 +82,29 @@ func (d *daemon) spec() (string, error) {
 		h.Write(data)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// programID identifies a program's content: its Go or GNU build ID (go
+// build touches an up-to-date binary, so its modification time changes on
+// every build while the ID does not), or its inode, size and modification
+// time when it has neither.
+func programID(path string) (string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	if f, err := elf.Open(path); err == nil {
+		defer f.Close()
+		for _, note := range []string{".note.go.buildid", ".note.gnu.build-id"} {
+			if sec := f.Section(note); sec != nil {
+				if data, err := sec.Data(); err == nil {
+					return fmt.Sprintf("%s %x", note, data), nil
+				}
+			}
+		}
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	return fmt.Sprintf("file %d %d %d", st.Ino, fi.Size(), fi.ModTime().UnixNano()), nil
 }
 
 // running returns the state of the daemon's process when it is alive.

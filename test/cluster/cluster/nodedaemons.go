@@ -177,6 +177,9 @@ func procriDaemon(l layout, n node, path, cniBinDir string) *daemon {
 
 // criVersion asks a CRI runtime for its version.
 func criVersion(ctx context.Context, socket string) (*runtimeapi.VersionResponse, error) {
+	if _, err := os.Stat(socket); err != nil {
+		return nil, fmt.Errorf("no CRI socket: %w", err)
+	}
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", socket, err)

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"sync"
 	"time"
 
@@ -226,6 +228,9 @@ func up(ctx context.Context, cfg Config, withNodes bool) (*Cluster, error) {
 	if err := step("CoreDNS", func() (string, error) { return "Ready", c.waitCoreDNS(ctx) }); err != nil {
 		return nil, fmt.Errorf("cluster up: %w", err)
 	}
+	if err := step("cluster DNS", func() (string, error) { return "answers", waitDNS(ctx) }); err != nil {
+		return nil, fmt.Errorf("cluster up: %w", err)
+	}
 	fmt.Fprintf(out, "cluster up in %.1fs; kubeconfig %s\n", time.Since(begin).Seconds(), c.Kubeconfig())
 	return c, nil
 }
@@ -328,6 +333,34 @@ func (c *Cluster) waitCoreDNS(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("CoreDNS is not Ready (%s): %w", why, err)
+	}
+	return nil
+}
+
+// waitDNS waits until the kube-dns Service answers for the kubernetes
+// Service: kube-proxy forwards the Service address to CoreDNS (a Ready
+// CoreDNS pod is not yet a rule of kube-proxy's), and CoreDNS knows the
+// cluster's Services.
+func waitDNS(ctx context.Context) error {
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, net.JoinHostPort(DNSServiceIP.String(), "53"))
+	}}
+	name := "kubernetes.default.svc." + ClusterDomain
+	var why error
+	err := poll(ctx, time.Minute, func(ctx context.Context) (bool, error) {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		addrs, err := r.LookupHost(ctx, name)
+		if err != nil {
+			why = err
+			return false, nil
+		}
+		why = fmt.Errorf("%s is %v", name, addrs)
+		return slices.Contains(addrs, KubernetesServiceIP.String()), nil
+	})
+	if err != nil {
+		return fmt.Errorf("cluster DNS at %s does not resolve %s to %s (%v): %w", DNSServiceIP, name, KubernetesServiceIP, why, err)
 	}
 	return nil
 }
