@@ -2,6 +2,8 @@ package cri
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -439,6 +441,8 @@ func TestPodsReachEachOther(t *testing.T) {
 	r := newTestRuntime(t)
 	ctx := t.Context()
 	aCfg, bCfg := r.sandboxConfig("pod-a", false), r.sandboxConfig("pod-b", false)
+	hostPort := 31000 + int32(r.subnets[0].Addr().As4()[2])
+	bCfg.PortMappings = []*runtimeapi.PortMapping{{Protocol: runtimeapi.Protocol_TCP, ContainerPort: 8080, HostPort: hostPort}}
 	a, b := r.runSandbox(aCfg), r.runSandbox(bCfg)
 	client := r.startContainer(a, aCfg, containerConfig(aCfg, "client"))
 	r.startContainer(b, bCfg, containerConfig(bCfg, "server"))
@@ -462,6 +466,17 @@ func TestPodsReachEachOther(t *testing.T) {
 		if got := r.mustExec(client, helper, "fetch", addr); got != "hello from pod-b\n" {
 			t.Errorf("fetch %s from pod-a = %q", addr, got)
 		}
+	}
+
+	// pod-b's host port, from the host to its address on the bridge.
+	gw := r.subnets[0].Addr().Next()
+	conn, err := net.DialTimeout("tcp", netip.AddrPortFrom(gw, uint16(hostPort)).String(), 10*time.Second)
+	if err != nil {
+		t.Fatalf("dial host port %d: %v", hostPort, err)
+	}
+	defer conn.Close()
+	if got, err := io.ReadAll(conn); err != nil || string(got) != "hello from pod-b\n" {
+		t.Errorf("host port %d answered %q, %v", hostPort, got, err)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -99,6 +100,22 @@ func newTestRuntime(t *testing.T) *testRuntime {
 		}
 		if err := cg.Remove(r.cgroupRoot); err != nil {
 			t.Errorf("remove %s: %v", r.cgroupRoot, err)
+		}
+		// The plugins' iptables rules name the network: none may be left.
+		for _, tool := range []string{"iptables-save", "ip6tables-save"} {
+			if _, err := exec.LookPath(tool); err != nil {
+				continue
+			}
+			out, err := exec.Command(tool).Output()
+			if err != nil {
+				t.Errorf("%s: %v", tool, err)
+				continue
+			}
+			for line := range strings.SplitSeq(string(out), "\n") {
+				if strings.Contains(line, "critest-"+r.bridge+"\\\"") {
+					t.Errorf("%s rule left: %s", tool, line)
+				}
+			}
 		}
 		if l, err := netlink.LinkByName(r.bridge); err == nil {
 			if err := netlink.LinkDel(l); err != nil {
