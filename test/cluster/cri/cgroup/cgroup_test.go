@@ -373,11 +373,50 @@ func TestLimits(t *testing.T) {
 	})
 }
 
+// variant is a Manager restricted to some of the machine's hierarchies.
+type variant struct {
+	name string
+	m    *Manager
+	// mounts are the mountpoints of its hierarchies.
+	mounts []string
+	// v1, v2 say which lines of /proc/<pid>/cgroup are its hierarchies'.
+	v1, v2 bool
+}
+
+// variants are the machine's Manager and, on a hybrid machine, Managers
+// that see only its v1 or only its v2 hierarchies: the code paths of pure v1
+// and pure v2 machines (without v2 controllers, so without limits).
+func variants(t *testing.T, m *Manager) []variant {
+	vs := []variant{{"machine", m, cgroupMounts(t), true, true}}
+	if m.Mode() != ModeHybrid {
+		return vs
+	}
+	var v1 []string
+	for _, h := range m.layout.v1 {
+		v1 = append(v1, h.mountpoint)
+	}
+	return append(vs,
+		variant{"as v1", &Manager{log: m.log, layout: layout{v1: m.layout.v1}}, v1, true, false},
+		variant{"as v2", &Manager{log: m.log, layout: layout{v2: m.layout.v2}}, []string{m.layout.v2}, false, true},
+	)
+}
+
 func TestAddPidsKillRemove(t *testing.T) {
 	testenv.RequireCommand(t, "sleep")
 	testenv.RequireCommand(t, "sh")
-	m, base := setup(t)
-	pod := base + "/pod"
+	machine, base := setup(t)
+	for _, v := range variants(t, machine) {
+		t.Run(v.name, func(t *testing.T) {
+			if v.name != "machine" && v.m.Mode() != strings.TrimPrefix(v.name, "as ") {
+				t.Fatalf("Mode() = %q", v.m.Mode())
+			}
+			testAddPidsKillRemove(t, v, base+"/"+strings.ReplaceAll(v.name, " ", "-"))
+		})
+	}
+}
+
+func testAddPidsKillRemove(t *testing.T, v variant, pod string) {
+	m := v.m
 
 	// A sleep in the pod cgroup, two in a container cgroup below, and a
 	// shell that keeps forking there: Kill must get them all.
@@ -403,11 +442,14 @@ func TestAddPidsKillRemove(t *testing.T) {
 		// Every hierarchy lists the process in the path, as the
 		// process's own /proc/<pid>/cgroup says.
 		for _, line := range procCgroups(t, p.pid()) {
+			if isV2 := strings.HasPrefix(line, "0::"); isV2 && !v.v2 || !isV2 && !v.v1 {
+				continue
+			}
 			if !strings.HasSuffix(line, ":"+tc.path) {
 				t.Errorf("process %d: /proc/pid/cgroup line %q, want path %s", p.pid(), line, tc.path)
 			}
 		}
-		for _, mp := range cgroupMounts(t) {
+		for _, mp := range v.mounts {
 			listed, err := cgroups.GetPids(filepath.Join(mp, tc.path))
 			if err != nil || !slices.Contains(listed, p.pid()) {
 				t.Errorf("%s/cgroup.procs = %v (%v), want %d in it", filepath.Join(mp, tc.path), listed, err, p.pid())
@@ -452,7 +494,7 @@ func TestAddPidsKillRemove(t *testing.T) {
 	if err := m.Remove(pod); err != nil {
 		t.Fatalf("Remove: %v", err)
 	}
-	for _, mp := range cgroupMounts(t) {
+	for _, mp := range v.mounts {
 		if _, err := os.Stat(filepath.Join(mp, pod)); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("%s after Remove: %v, want it gone", filepath.Join(mp, pod), err)
 		}
@@ -520,43 +562,46 @@ func TestStats(t *testing.T) {
 	testenv.RequireCommand(t, "sh")
 	m, base := setup(t)
 
-	t.Run("cpu", func(t *testing.T) {
-		path := base + "/cpu"
-		if err := m.Create(path, Resources{}); err != nil {
-			t.Fatal(err)
-		}
-		p := start(t, nil, "sh", "-c", `read x; i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done`)
-		if err := m.Add(path, p.pid()); err != nil {
-			t.Fatal(err)
-		}
-		before, err := m.Stats(path)
-		if err != nil {
-			t.Fatalf("Stats: %v", err)
-		}
-		if before.Pids != 1 {
-			t.Errorf("Pids = %d, want 1", before.Pids)
-		}
-		if _, err := p.stdin.Write([]byte("\n")); err != nil {
-			t.Fatal(err)
-		}
-		if err := p.wait(t); err != nil {
-			t.Fatalf("busy loop: %v", err)
-		}
-		after, err := m.Stats(path)
-		if err != nil {
-			t.Fatalf("Stats: %v", err)
-		}
-		// The loop takes tens of milliseconds of CPU at least.
-		if after.CPUUsageNanos < before.CPUUsageNanos+uint64(10*time.Millisecond) {
-			t.Errorf("CPU usage %d ns -> %d ns, want it grown by 10ms at least", before.CPUUsageNanos, after.CPUUsageNanos)
-		}
-		if after.Pids != 0 {
-			t.Errorf("Pids after exit = %d, want 0", after.Pids)
-		}
-		if !after.At.After(before.At) {
-			t.Errorf("At %v -> %v, want it later", before.At, after.At)
-		}
-	})
+	for _, v := range variants(t, m) {
+		t.Run("cpu "+v.name, func(t *testing.T) {
+			m := v.m
+			path := base + "/cpu-" + strings.ReplaceAll(v.name, " ", "-")
+			if err := m.Create(path, Resources{}); err != nil {
+				t.Fatal(err)
+			}
+			p := start(t, nil, "sh", "-c", `read x; i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done`)
+			if err := m.Add(path, p.pid()); err != nil {
+				t.Fatal(err)
+			}
+			before, err := m.Stats(path)
+			if err != nil {
+				t.Fatalf("Stats: %v", err)
+			}
+			if before.Pids != 1 {
+				t.Errorf("Pids = %d, want 1", before.Pids)
+			}
+			if _, err := p.stdin.Write([]byte("\n")); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.wait(t); err != nil {
+				t.Fatalf("busy loop: %v", err)
+			}
+			after, err := m.Stats(path)
+			if err != nil {
+				t.Fatalf("Stats: %v", err)
+			}
+			// The loop takes tens of milliseconds of CPU at least.
+			if after.CPUUsageNanos < before.CPUUsageNanos+uint64(10*time.Millisecond) {
+				t.Errorf("CPU usage %d ns -> %d ns, want it grown by 10ms at least", before.CPUUsageNanos, after.CPUUsageNanos)
+			}
+			if after.Pids != 0 {
+				t.Errorf("Pids after exit = %d, want 0", after.Pids)
+			}
+			if !after.At.After(before.At) {
+				t.Errorf("At %v -> %v, want it later", before.At, after.At)
+			}
+		})
+	}
 
 	t.Run("memory", func(t *testing.T) {
 		path := base + "/mem"
