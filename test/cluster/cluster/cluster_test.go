@@ -15,8 +15,11 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 
 	"github.com/sluice-mesh/sluice/test/cluster/cri/cgroup"
 	"github.com/sluice-mesh/sluice/test/cluster/internal/testenv"
@@ -284,8 +287,10 @@ func TestDownAfterCrash(t *testing.T) {
 // TestUp brings the whole cluster up: the node and CoreDNS are Ready, a
 // pod resolves the kubernetes Service by name through CoreDNS and reaches
 // the API server through kube-proxy, its output is readable as the
-// kubelet's logs, a second Up reuses every daemon, and (in the cleanup)
-// Down leaves nothing.
+// kubelet's logs, a second Up reuses every daemon, and Down leaves nothing.
+// Then it brings the cluster up again, starts a Deployment, kills every
+// daemon with SIGKILL and removes their pid files, as a crash of the node
+// would leave it: Down (in the cleanup) still leaves nothing.
 func TestUp(t *testing.T) {
 	cfg, out := testConfig(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute) // hang guard (a cold build)
@@ -364,4 +369,64 @@ func TestUp(t *testing.T) {
 		}
 	}
 	t.Logf("second Up:\n%s", out.String()[start:])
+
+	if err := Down(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if left, err := Leftovers(cfg); err != nil || len(left) > 0 {
+		t.Fatalf("Down left (err %v):\n  %s", err, strings.Join(left, "\n  "))
+	}
+
+	// A crash with pods running.
+	if c, err = Up(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cs, err = c.Client(); err != nil {
+		t.Fatal(err)
+	}
+	labels := map[string]string{"app": "crash"}
+	deploy := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "crash", Namespace: "default"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To[int32](2),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{
+					Name: "nginx", Image: "nginx:1.27",
+					ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(80)}}, PeriodSeconds: 1},
+				}}},
+			},
+		},
+	}
+	if _, err := cs.AppsV1().Deployments("default").Create(ctx, deploy, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err = poll(ctx, 2*time.Minute, func(ctx context.Context) (bool, error) {
+		d, err := cs.AppsV1().Deployments("default").Get(ctx, "crash", metav1.GetOptions{})
+		return err == nil && d.Status.ReadyReplicas == 2, err
+	})
+	if err != nil {
+		t.Fatalf("Deployment not ready: %v", err)
+	}
+	for _, d := range Status(cfg) {
+		if !d.Running || d.PID <= 0 {
+			t.Fatalf("%s not running", d.Name)
+		}
+		if err := syscall.Kill(d.PID, syscall.SIGKILL); err != nil {
+			t.Errorf("kill %s: %v", d.Name, err)
+		}
+	}
+	if err := os.RemoveAll(c.l.run()); err != nil {
+		t.Fatal(err)
+	}
+	left, err := Leftovers(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"(nginx, in /kubepods)", "mount " + c.l.path("kubelet"), "(table nat): -s 10.244.0.", "link sluice0", "log link /var/log/containers/crash-"} {
+		if !strings.Contains(strings.Join(left, "\n"), want) {
+			t.Errorf("after the crash, Leftovers does not report %q:\n%s", want, strings.Join(left, "\n"))
+		}
+	}
 }

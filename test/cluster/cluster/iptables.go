@@ -108,18 +108,40 @@ func splitRule(line string) ([]string, error) {
 	return out, nil
 }
 
+// hostportChains are the portmap plugin's chains shared by every CNI
+// network of the machine.
+var hostportChains = []string{"CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK"}
+
 // ourIptables returns the chains that are the cluster's, and the rules in
 // other chains that refer to them or carry the cluster's CNI comment:
-// every KUBE-* chain (kube-proxy's and the kubelet's), and the CNI plugins'
-// chains of network CNINetwork (known by their rules' comments, `name:
-// "sluice-cluster" id: "<container>"`, as the bridge and portmap plugins
-// write them). Other CNI networks' chains on this machine are left alone.
+// every KUBE-* chain (kube-proxy's and the kubelet's; `kube-proxy
+// --cleanup` leaves KUBE-IPTABLES-HINT and the kubelet's KUBE-FIREWALL and
+// KUBE-KUBELET-CANARY), the CNI plugins' chains of network CNINetwork
+// (known by their rules' comments, `name: "sluice-cluster" id:
+// "<container>"`, as the bridge and portmap plugins write them), and the
+// portmap plugin's shared CNI-HOSTPORT-* chains when no other network
+// forwards a host port through them. Other CNI networks' chains on this
+// machine are left alone.
 func ourIptables(chains []iptablesChain, rules []iptablesRule) (ours []iptablesChain, refs []iptablesRule) {
 	mark := fmt.Sprintf("name: %q", CNINetwork)
 	isOurs := map[iptablesChain]bool{}
 	for _, c := range chains {
 		if strings.HasPrefix(c.name, "KUBE-") {
 			isOurs[c] = true
+		}
+	}
+	for _, c := range chains {
+		if c.name != hostportChains[0] {
+			continue
+		}
+		shared := false
+		for _, r := range rules {
+			shared = shared || (r.family == c.family && r.table == c.table && r.chain == c.name && !strings.Contains(r.comment(), mark))
+		}
+		if !shared {
+			for _, name := range hostportChains {
+				isOurs[iptablesChain{c.family, c.table, name}] = true
+			}
 		}
 	}
 	for _, r := range rules {
@@ -150,13 +172,27 @@ func ourIptables(chains []iptablesChain, rules []iptablesRule) (ours []iptablesC
 }
 
 // sweepIptables deletes the cluster's chains and the rules that refer to
-// them.
+// them, until none is left (a plugin may add one meanwhile).
 func sweepIptables() error {
+	var err error
+	for range 3 {
+		var done bool
+		if done, err = sweepIptablesOnce(); done && err == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+func sweepIptablesOnce() (done bool, err error) {
 	chains, rules, err := iptablesState()
 	if err != nil {
-		return err
+		return false, err
 	}
 	ours, refs := ourIptables(chains, rules)
+	if len(ours) == 0 && len(refs) == 0 {
+		return true, nil
+	}
 	var errs []error
 	run := func(family string, args ...string) {
 		if out, err := exec.Command(family, append([]string{"-w"}, args...)...).CombinedOutput(); err != nil {
@@ -173,7 +209,7 @@ func sweepIptables() error {
 	for _, c := range ours {
 		run(c.family, "-t", c.table, "-X", c.name)
 	}
-	return errors.Join(errs...)
+	return false, errors.Join(errs...)
 }
 
 // iptablesLeftovers lists the cluster's chains still there.
