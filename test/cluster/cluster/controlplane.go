@@ -37,6 +37,7 @@ func etcdDaemon(l layout) *daemon {
 			"--auto-compaction-mode=periodic",
 			"--auto-compaction-retention=5m",
 			"--quota-backend-bytes=2147483648",
+			"--logger=zap",
 			"--log-level=warn",
 		},
 		ready: func(ctx context.Context) error {

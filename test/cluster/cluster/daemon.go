@@ -335,7 +335,7 @@ type DaemonStatus struct {
 func Status(cfg Config) []DaemonStatus {
 	l := layout{dir: cfg.dir()}
 	ds := daemons{l: l, log: cfg.log()}
-	order := stopOrder([]node{newNode(0)})
+	order := stopOrder(clusterNodes())
 	var out []DaemonStatus
 	for i := len(order) - 1; i >= 0; i-- {
 		st, ok := ds.running(order[i])

@@ -60,7 +60,7 @@ func Down(ctx context.Context, cfg Config) error {
 	l := layout{dir: cfg.dir()}
 	log := cfg.log()
 	out := cfg.out()
-	nodes := []node{newNode(0)}
+	nodes := clusterNodes()
 	ds := daemons{l: l, log: log}
 	var errs []error
 	note := func(err error) {
@@ -196,15 +196,22 @@ func strays(dir string) ([]int, error) {
 	return pids, nil
 }
 
-// killStrays kills daemons whose pid files are gone (a crash, a removed
-// state directory).
+// killStrays kills the cluster's daemons that no pid file records (a
+// crash, a removed run directory).
 func killStrays(ctx context.Context, l layout, log *slog.Logger) error {
 	pids, err := strays(l.dir)
 	if err != nil {
 		return err
 	}
+	ds := daemons{l: l, log: log}
 	var errs []error
 	for _, pid := range pids {
+		if slices.ContainsFunc(stopOrder(clusterNodes()), func(name string) bool {
+			st, ok := ds.running(name)
+			return ok && st.PID == pid
+		}) {
+			continue
+		}
 		start, _, err := procStat(pid)
 		if err != nil {
 			continue
@@ -346,7 +353,7 @@ func cgroupDirs() ([]string, error) {
 // /var/lib/sluice-cluster". Empty after a successful Down.
 func Leftovers(cfg Config) ([]string, error) {
 	l := layout{dir: cfg.dir()}
-	nodes := []node{newNode(0)}
+	nodes := clusterNodes()
 	var out []string
 	var errs []error
 	comm := func(pid int) string {

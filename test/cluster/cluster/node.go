@@ -43,6 +43,9 @@ func newNode(i int) node {
 	}
 }
 
+// clusterNodes are the cluster's nodes: one, for now.
+func clusterNodes() []node { return []node{newNode(0)} }
+
 // suffix is "" for node 0 and "-<name>" for the others: the first node's
 // daemons are plainly "kubelet", "procri", "kube-proxy".
 func (n node) suffix() string {

@@ -202,7 +202,9 @@ func kubeletDaemon(l layout, n node, path string) *daemon {
 			"--config=" + f.kubeletConfig,
 			"--kubeconfig=" + l.kubeconfig("kubelet-"+n.name),
 			"--hostname-override=" + n.name,
-			"--node-ip=" + n.ipv4.String(),
+			// Both families: the node's InternalIPs, which kube-proxy's
+			// nodePortAddresses "primary" and the pods' hostIPs follow.
+			"--node-ip=" + n.ipv4.String() + "," + n.ipv6.String(),
 			"--root-dir=" + f.kubeletRoot,
 			"--cert-dir=" + filepath.Join(f.kubeletRoot, "pki"),
 		},

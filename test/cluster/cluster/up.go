@@ -127,7 +127,7 @@ func up(ctx context.Context, cfg Config, withNodes bool) (*Cluster, error) {
 			return nil, fmt.Errorf("cluster up: %s not found: install the packages of test/cluster/deps.txt", prog)
 		}
 	}
-	c := &Cluster{cfg: cfg, l: layout{dir: cfg.dir()}, nodes: []node{newNode(0)}, log: cfg.log()}
+	c := &Cluster{cfg: cfg, l: layout{dir: cfg.dir()}, nodes: clusterNodes(), log: cfg.log()}
 	out := cfg.out()
 	begin := time.Now()
 	step := func(what string, f func() (string, error)) error {
@@ -171,6 +171,11 @@ func up(ctx context.Context, cfg Config, withNodes bool) (*Cluster, error) {
 	}
 	admin, err := c.RESTConfig()
 	if err != nil {
+		return nil, fmt.Errorf("cluster up: %w", err)
+	}
+	// A daemon no pid file records would hold the ports of the one Up
+	// starts.
+	if err := killStrays(ctx, c.l, c.log); err != nil {
 		return nil, fmt.Errorf("cluster up: %w", err)
 	}
 	ds := daemons{l: c.l, log: c.log}
