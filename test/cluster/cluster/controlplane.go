@@ -115,27 +115,20 @@ func apiserverDaemon(l layout, path string, c certs, n node, admin *rest.Config)
 // account, and signs CSRs with the cluster CA. Pod addresses come from the
 // CNI plugins' host-local IPAM, not from node CIDRs.
 func controllerManagerDaemon(l layout, path string, c certs) *daemon {
-	kc := l.kubeconfig("kube-controller-manager")
 	return &daemon{
 		name: "kube-controller-manager",
 		path: path,
-		args: []string{
-			"--kubeconfig=" + kc,
-			"--authentication-kubeconfig=" + kc,
-			"--authorization-kubeconfig=" + kc,
-			"--bind-address=127.0.0.1",
-			"--cert-dir=" + l.path("kube-controller-manager"),
-			"--cluster-name=" + ClusterName,
+		args: append(controllerArgs(l.kubeconfig("kube-controller-manager")),
+			"--cert-dir="+l.path("kube-controller-manager"),
+			"--cluster-name="+ClusterName,
 			"--use-service-account-credentials=true",
-			"--root-ca-file=" + c.ca.Cert,
-			"--service-account-private-key-file=" + c.serviceAccount.Key,
-			"--cluster-signing-cert-file=" + c.ca.Cert,
-			"--cluster-signing-key-file=" + c.ca.Key,
+			"--root-ca-file="+c.ca.Cert,
+			"--service-account-private-key-file="+c.serviceAccount.Key,
+			"--cluster-signing-cert-file="+c.ca.Cert,
+			"--cluster-signing-key-file="+c.ca.Key,
 			"--allocate-node-cidrs=false",
-			"--service-cluster-ip-range=" + ServiceCIDR.String(),
-			"--leader-elect=false",
-			"--profiling=false",
-		},
+			"--service-cluster-ip-range="+ServiceCIDR.String(),
+		),
 		ready:   healthz("https://127.0.0.1:10257/healthz"),
 		timeout: 60 * time.Second,
 	}
@@ -143,20 +136,26 @@ func controllerManagerDaemon(l layout, path string, c certs) *daemon {
 
 // schedulerDaemon is kube-scheduler.
 func schedulerDaemon(l layout, path string) *daemon {
-	kc := l.kubeconfig("kube-scheduler")
 	return &daemon{
-		name: "kube-scheduler",
-		path: path,
-		args: []string{
-			"--kubeconfig=" + kc,
-			"--authentication-kubeconfig=" + kc,
-			"--authorization-kubeconfig=" + kc,
-			"--bind-address=127.0.0.1",
-			"--leader-elect=false",
-			"--profiling=false",
-		},
+		name:    "kube-scheduler",
+		path:    path,
+		args:    controllerArgs(l.kubeconfig("kube-scheduler")),
 		ready:   healthz("https://127.0.0.1:10259/healthz"),
 		timeout: 60 * time.Second,
+	}
+}
+
+// controllerArgs are the flags the controller manager and the scheduler
+// share: one kubeconfig for the API and for checking their own clients,
+// serving on loopback, no leader election (one of each runs).
+func controllerArgs(kubeconfig string) []string {
+	return []string{
+		"--kubeconfig=" + kubeconfig,
+		"--authentication-kubeconfig=" + kubeconfig,
+		"--authorization-kubeconfig=" + kubeconfig,
+		"--bind-address=127.0.0.1",
+		"--leader-elect=false",
+		"--profiling=false",
 	}
 }
 
