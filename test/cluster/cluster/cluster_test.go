@@ -424,9 +424,83 @@ func TestUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"(nginx, in /kubepods)", "mount " + c.l.path("kubelet"), "(table nat): -s 10.244.0.", "link sluice0", "log link /var/log/containers/crash-"} {
+	for _, want := range []string{"(nginx, in /kubepods)", "mount " + c.l.path("kubelet"), "(table nat): -s 10.244.0.", "link sluice0",
+		"log link /var/log/containers/crash-", "file /var/lib/kubelet/device-plugins/kubelet.sock"} {
 		if !strings.Contains(strings.Join(left, "\n"), want) {
 			t.Errorf("after the crash, Leftovers does not report %q:\n%s", want, strings.Join(left, "\n"))
 		}
+	}
+}
+
+// TestAnotherClusterIsLeftAlone runs a stand-in for another cluster's
+// kubelet (another state root) with a pod process in the kubepods cgroups
+// and a KUBE- chain: Up refuses to start beside it, and Down and Leftovers
+// leave its pods, chains and cgroups alone.
+func TestAnotherClusterIsLeftAlone(t *testing.T) {
+	cfg, _ := testConfig(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute) // hang guard
+	defer cancel()
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubelet := exec.Command(sleep, "1000")
+	kubelet.Args[0] = "/elsewhere/kubelet" // a kubelet of another state root
+	if err := kubelet.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go kubelet.Wait()
+	t.Cleanup(func() { kubelet.Process.Kill() }) // before the Down of testConfig's cleanup
+
+	m, err := cgroup.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	podCgroup := fmt.Sprintf("/kubepods/besteffort/pod-othertest-%d", os.Getpid())
+	if err := m.Create(podCgroup, cgroup.Resources{}); err != nil {
+		t.Fatal(err)
+	}
+	pod := exec.Command(sleep, "1000")
+	if err := pod.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go pod.Wait()
+	t.Cleanup(func() {
+		// A cluster of another test run may be up too: this test's pod
+		// cgroup goes whatever Down does.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		pod.Process.Kill()
+		m.Kill(ctx, podCgroup)
+		m.Remove(podCgroup)
+	})
+	if err := m.Add(podCgroup, pod.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	chain := fmt.Sprintf("KUBE-OTHERTEST-%d", os.Getpid())
+	if out, err := exec.Command("iptables", "-t", "filter", "-N", chain).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("iptables", "-t", "filter", "-X", chain).Run() })
+
+	_, err = Up(ctx, cfg)
+	if err == nil || !strings.Contains(err.Error(), "another cluster") || !strings.Contains(err.Error(), fmt.Sprint(kubelet.Process.Pid)) {
+		t.Fatalf("Up beside another cluster's kubelet: %v; want a refusal naming its process", err)
+	}
+	if err := Down(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, state, err := procStat(pod.Process.Pid); err != nil || state == 'Z' {
+		t.Error("Down killed another cluster's pod")
+	}
+	if out, err := exec.Command("iptables", "-t", "filter", "-S", chain).CombinedOutput(); err != nil {
+		t.Errorf("Down removed another cluster's chain %s: %s", chain, out)
+	}
+	left, err := Leftovers(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) > 0 {
+		t.Errorf("Leftovers lists another cluster's things:\n  %s", strings.Join(left, "\n  "))
 	}
 }

@@ -110,3 +110,23 @@ func TestDaemonLifecycle(t *testing.T) {
 		t.Errorf("error of a daemon that exits at once: %v; want its name and its log's tail", err)
 	}
 }
+
+func TestDaemonProcUses(t *testing.T) {
+	tests := []struct {
+		args []string
+		dir  string
+		want bool
+	}{
+		{[]string{"kubelet", "--root-dir=/var/lib/sluice-cluster/kubelet"}, "/var/lib/sluice-cluster", true},
+		{[]string{"etcd", "--data-dir=/var/lib/sluice-cluster"}, "/var/lib/sluice-cluster", true},
+		{[]string{"procri", "/var/lib/sluice-cluster/run/procri.sock"}, "/var/lib/sluice-cluster", true},
+		{[]string{"kubelet", "--root-dir=/var/lib/sluice-cluster2/kubelet"}, "/var/lib/sluice-cluster", false},
+		{[]string{"kubelet", "--root-dir=/var/lib/kubelet"}, "/var/lib/sluice-cluster", false},
+		{[]string{"/tmp/x/sluice-cluster/kubelet"}, "/tmp/x/sluice-cluster", false}, // the program itself is not an argument
+	}
+	for _, tt := range tests {
+		if got := (daemonProc{args: tt.args}).uses(tt.dir); got != tt.want {
+			t.Errorf("%q uses %s: %t, want %t", tt.args, tt.dir, got, tt.want)
+		}
+	}
+}

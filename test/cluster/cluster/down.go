@@ -54,8 +54,12 @@ func stopOrder(nodes []node) []string {
 // CNI plugins' iptables chains, the bridge and the node's dummy link, the
 // kubepods cgroups in every hierarchy, /var/log/containers links into the
 // state root, and the state root itself. It also puts back the kernel
-// settings the kubelet changed. Down works from what is on the machine, so
+// settings the kubelet changed, and the files the kubelet writes outside
+// its root directory (its device plugin socket). Down works from what is on the machine, so
 // it cleans up after a crash as well, and a second Down does nothing.
+// While another cluster's node (a kubelet, procri or kube-proxy of another
+// state root) runs, Down leaves the machine-wide part (pods, iptables
+// chains, links, kubepods cgroups, kernel settings) to it and says so.
 func Down(ctx context.Context, cfg Config) error {
 	l := layout{dir: cfg.dir()}
 	log := cfg.log()
@@ -91,26 +95,38 @@ func Down(ctx context.Context, cfg Config) error {
 		}
 		note(killStrays(ctx, l, log))
 	})
-	step("removed pods", func() {
-		note(killPods(ctx, log))
-		note(unmountUnder(l.dir))
-	})
-	step("removed network", func() {
-		note(kubeProxyCleanup(ctx, cfg.Cache))
-		note(sweepIptables())
-		for _, n := range nodes {
-			note(deleteLink(n.bridge))
-			note(deleteLink(n.name))
-		}
-	})
+	// Pods, chains, links and cgroups are the machine's, not the state
+	// root's: another cluster's node (another state root) running now owns
+	// them.
+	foreign, err := foreign(l.dir, nodePrograms)
+	note(err)
+	if len(foreign) > 0 {
+		fmt.Fprintf(out, "another cluster's node runs: its pods, iptables chains, links and cgroups stay:\n  %s\n", strings.Join(foreign, "\n  "))
+	} else {
+		step("removed pods", func() {
+			note(killPods(ctx, log))
+			note(unmountUnder(l.dir))
+		})
+		step("removed network", func() {
+			note(kubeProxyCleanup(ctx, cfg.Cache))
+			note(sweepIptables())
+			for _, n := range nodes {
+				note(deleteLink(n.bridge))
+				note(deleteLink(n.name))
+			}
+		})
+	}
 	step("removed cgroups and files", func() {
-		if m, err := cgroup.New(log); err != nil {
-			note(err)
-		} else {
-			note(m.Remove(podsCgroup))
+		if len(foreign) == 0 {
+			if m, err := cgroup.New(log); err != nil {
+				note(err)
+			} else {
+				note(m.Remove(podsCgroup))
+			}
+			note(removeKubeletHostFiles())
+			note(restoreKernelSettings(l))
 		}
 		note(removeContainerLogLinks(l.dir))
-		note(restoreKernelSettings(l))
 		if err := unmountUnder(l.dir); err != nil {
 			note(err)
 		} else if err := os.RemoveAll(l.dir); err != nil {
@@ -160,16 +176,29 @@ func stopPods(ctx context.Context, socket string) error {
 	return errors.Join(errs...)
 }
 
-// strays lists the cluster's daemon processes: a daemon program with the
-// state root in its arguments, in daemonPrograms' order (the API server
-// stops promptly only while etcd runs).
-func strays(dir string) ([]int, error) {
+// daemonProc is a running process of one of daemonPrograms.
+type daemonProc struct {
+	pid  int
+	args []string
+	// rank is the program's index in daemonPrograms.
+	rank int
+}
+
+// uses reports whether the process's arguments name a path under dir.
+func (p daemonProc) uses(dir string) bool {
+	return slices.ContainsFunc(p.args[1:], func(a string) bool {
+		return strings.Contains(a, "="+dir+"/") || strings.HasPrefix(a, dir+"/") || strings.HasSuffix(a, "="+dir)
+	})
+}
+
+// daemonProcs lists the processes of daemonPrograms, in daemonPrograms'
+// order.
+func daemonProcs() ([]daemonProc, error) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil, fmt.Errorf("list processes: %w", err)
 	}
-	var pids []int
-	rank := map[int]int{}
+	var out []daemonProc
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil || pid == os.Getpid() {
@@ -180,20 +209,55 @@ func strays(dir string) ([]int, error) {
 			continue
 		}
 		args := strings.Split(strings.TrimRight(string(data), "\x00"), "\x00")
-		r := slices.Index(daemonPrograms, filepath.Base(args[0]))
-		if r < 0 {
-			continue
-		}
-		for _, a := range args[1:] {
-			if strings.Contains(a, "="+dir+"/") || strings.HasPrefix(a, dir+"/") || strings.HasSuffix(a, "="+dir) {
-				pids = append(pids, pid)
-				rank[pid] = r
-				break
-			}
+		if r := slices.Index(daemonPrograms, filepath.Base(args[0])); r >= 0 {
+			out = append(out, daemonProc{pid: pid, args: args, rank: r})
 		}
 	}
-	sort.SliceStable(pids, func(i, j int) bool { return rank[pids[i]] < rank[pids[j]] })
+	sort.SliceStable(out, func(i, j int) bool { return out[i].rank < out[j].rank })
+	return out, nil
+}
+
+// strays lists the cluster's daemon processes: a daemon program with the
+// state root in its arguments, in daemonPrograms' order (the API server
+// stops promptly only while etcd runs).
+func strays(dir string) ([]int, error) {
+	procs, err := daemonProcs()
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, p := range procs {
+		if p.uses(dir) {
+			pids = append(pids, p.pid)
+		}
+	}
 	return pids, nil
+}
+
+// nodePrograms own machine-wide state: the pods in the kubepods cgroups,
+// KUBE-* chains, the bridge and the node link.
+var nodePrograms = []string{"kube-proxy", "kubelet", "procri"}
+
+// foreign describes the processes of programs running that are not the
+// cluster's at dir: another cluster's (another state root). Down leaves
+// the machine-wide state of another cluster's node programs (pods,
+// chains, links, cgroups) alone; Up does not start beside one.
+func foreign(dir string, programs []string) ([]string, error) {
+	procs, err := daemonProcs()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, p := range procs {
+		if slices.Contains(programs, filepath.Base(p.args[0])) && !p.uses(dir) {
+			cmd := strings.Join(p.args, " ")
+			if len(cmd) > 160 {
+				cmd = cmd[:160] + "…"
+			}
+			out = append(out, fmt.Sprintf("process %d: %s", p.pid, cmd))
+		}
+	}
+	return out, nil
 }
 
 // killStrays kills the cluster's daemons that no pid file records (a
@@ -312,6 +376,48 @@ func containerLogLinks(dir string) ([]string, error) {
 	return out, nil
 }
 
+// The kubelet writes outside its root directory: the device plugin
+// registration socket (a constant path) and /var/log/containers. Down
+// removes the socket, then these directories when they are empty.
+var (
+	kubeletHostFiles = []string{"/var/lib/kubelet/device-plugins/kubelet.sock"}
+	kubeletHostDirs  = []string{"/var/lib/kubelet/device-plugins", "/var/lib/kubelet", "/var/log/containers"}
+)
+
+// kubeletHostLeftovers lists the files of kubeletHostFiles that exist and
+// the directories of kubeletHostDirs that are empty.
+func kubeletHostLeftovers() []string {
+	var out []string
+	for _, f := range kubeletHostFiles {
+		if _, err := os.Lstat(f); err == nil {
+			out = append(out, "file "+f)
+		}
+	}
+	for _, d := range kubeletHostDirs {
+		if entries, err := os.ReadDir(d); err == nil && len(entries) == 0 {
+			out = append(out, "dir "+d)
+		}
+	}
+	return out
+}
+
+// removeKubeletHostFiles removes kubeletHostFiles, then kubeletHostDirs
+// that are empty.
+func removeKubeletHostFiles() error {
+	var errs []error
+	for _, f := range kubeletHostFiles {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove %s: %w", f, err))
+		}
+	}
+	for _, d := range kubeletHostDirs {
+		if err := syscall.Rmdir(d); err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ENOTEMPTY) && !errors.Is(err, syscall.EEXIST) {
+			errs = append(errs, fmt.Errorf("remove %s: %w", d, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 func removeContainerLogLinks(dir string) error {
 	links, err := containerLogLinks(dir)
 	if err != nil {
@@ -349,13 +455,22 @@ func cgroupDirs() ([]string, error) {
 // Leftovers lists what Down removes and is still on the machine, one
 // string each: "process 123 (kubelet)", "mount /var/lib/...", "iptables
 // chain KUBE-SERVICES (table nat)", "link sluice0", "cgroup
-// /sys/fs/cgroup/cpu/kubepods", "log link /var/log/containers/...", "dir
-// /var/lib/sluice-cluster". Empty after a successful Down.
+// /sys/fs/cgroup/cpu/kubepods", "log link /var/log/containers/...", "file
+// /var/lib/kubelet/device-plugins/kubelet.sock", "dir
+// /var/lib/sluice-cluster". Empty after a successful Down. While another
+// cluster's node runs, the machine-wide part (pods, chains, links,
+// cgroups) is its, and not listed.
 func Leftovers(cfg Config) ([]string, error) {
 	l := layout{dir: cfg.dir()}
 	nodes := clusterNodes()
 	var out []string
 	var errs []error
+	add := func(items []string, err error) {
+		out = append(out, items...)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
 	comm := func(pid int) string {
 		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 		return strings.TrimSpace(string(data))
@@ -366,57 +481,50 @@ func Leftovers(cfg Config) ([]string, error) {
 			out = append(out, fmt.Sprintf("process %d (%s, pid file %s)", st.PID, comm(st.PID), name))
 		}
 	}
-	if pids, err := strays(l.dir); err != nil {
-		errs = append(errs, err)
-	} else {
-		for _, pid := range pids {
-			out = append(out, fmt.Sprintf("process %d (%s)", pid, comm(pid)))
-		}
+	pids, err := strays(l.dir)
+	for _, pid := range pids {
+		out = append(out, fmt.Sprintf("process %d (%s)", pid, comm(pid)))
 	}
-	if m, err := cgroup.New(cfg.log()); err != nil {
-		errs = append(errs, err)
-	} else if pids, err := m.Pids(podsCgroup); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, err)
-	} else {
-		for _, pid := range pids {
-			out = append(out, fmt.Sprintf("process %d (%s, in %s)", pid, comm(pid), podsCgroup))
-		}
-	}
-	if points, err := mountsUnder(l.dir); err != nil {
-		errs = append(errs, err)
-	} else {
-		for _, p := range points {
-			out = append(out, "mount "+p)
-		}
-	}
-	if chains, err := iptablesLeftovers(); err != nil {
-		errs = append(errs, err)
-	} else {
-		out = append(out, chains...)
-	}
-	for _, n := range nodes {
-		for _, link := range []string{n.bridge, n.name} {
-			if linkExists(link) {
-				out = append(out, "link "+link)
+	add(nil, err)
+	add(prefixed("mount ")(mountsUnder(l.dir)))
+	add(prefixed("log link ")(containerLogLinks(l.dir)))
+	// The machine-wide part is another cluster's while its node runs.
+	foreign, err := foreign(l.dir, nodePrograms)
+	add(nil, err)
+	if len(foreign) == 0 {
+		if m, err := cgroup.New(cfg.log()); err != nil {
+			add(nil, err)
+		} else if pids, err := m.Pids(podsCgroup); err != nil && !errors.Is(err, os.ErrNotExist) {
+			add(nil, err)
+		} else {
+			for _, pid := range pids {
+				out = append(out, fmt.Sprintf("process %d (%s, in %s)", pid, comm(pid), podsCgroup))
 			}
 		}
-	}
-	if dirs, err := cgroupDirs(); err != nil {
-		errs = append(errs, err)
-	} else {
-		for _, d := range dirs {
-			out = append(out, "cgroup "+d)
+		add(iptablesLeftovers())
+		for _, n := range nodes {
+			for _, link := range []string{n.bridge, n.name} {
+				if linkExists(link) {
+					out = append(out, "link "+link)
+				}
+			}
 		}
-	}
-	if links, err := containerLogLinks(l.dir); err != nil {
-		errs = append(errs, err)
-	} else {
-		for _, p := range links {
-			out = append(out, "log link "+p)
-		}
+		add(prefixed("cgroup ")(cgroupDirs()))
+		out = append(out, kubeletHostLeftovers()...)
 	}
 	if _, err := os.Lstat(l.dir); err == nil {
 		out = append(out, "dir "+l.dir)
 	}
 	return out, errors.Join(errs...)
+}
+
+// prefixed returns a function that prefixes each of a list's items.
+func prefixed(prefix string) func([]string, error) ([]string, error) {
+	return func(items []string, err error) ([]string, error) {
+		out := make([]string, len(items))
+		for i, it := range items {
+			out[i] = prefix + it
+		}
+		return out, err
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -128,6 +129,16 @@ func up(ctx context.Context, cfg Config, withNodes bool) (*Cluster, error) {
 		}
 	}
 	c := &Cluster{cfg: cfg, l: layout{dir: cfg.dir()}, nodes: clusterNodes(), log: cfg.log()}
+	// One cluster per machine: ports, pods' cgroups, chains and links are
+	// the machine's.
+	others, err := foreign(c.l.dir, []string{"kube-apiserver", "kubelet", "procri", "kube-proxy"})
+	if err != nil {
+		return nil, fmt.Errorf("cluster up: %w", err)
+	}
+	if len(others) > 0 {
+		return nil, fmt.Errorf("cluster up: another cluster (another state directory than %s) runs on this machine; bring it down first (cluster down --dir <its dir>):\n  %s",
+			c.l.dir, strings.Join(others, "\n  "))
+	}
 	out := cfg.out()
 	begin := time.Now()
 	step := func(what string, f func() (string, error)) error {
@@ -147,7 +158,7 @@ func up(ctx context.Context, cfg Config, withNodes bool) (*Cluster, error) {
 		cfg.Cache.Log = c.log
 	}
 	var crts certs
-	err := step("programs", func() (string, error) {
+	err = step("programs", func() (string, error) {
 		var err error
 		own := OwnPrograms
 		if !withNodes {

@@ -26,6 +26,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -88,6 +89,11 @@ module (go run ./cmd/cluster ...).`,
 		Short: "Start the cluster (what of it is not running) and wait until it is Ready",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			unlock, err := lockMachine(cmd.Context(), stderr)
+			if err != nil {
+				return err
+			}
+			defer unlock()
 			c, err := cluster.Up(cmd.Context(), o.config(stderr))
 			if err != nil {
 				return err
@@ -102,6 +108,11 @@ module (go run ./cmd/cluster ...).`,
 		Short: "Stop the cluster and remove everything it left on this machine",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			unlock, err := lockMachine(cmd.Context(), stderr)
+			if err != nil {
+				return err
+			}
+			defer unlock()
 			cfg := o.config(stderr)
 			if err := cluster.Down(cmd.Context(), cfg); err != nil {
 				return err
@@ -189,6 +200,16 @@ module (go run ./cmd/cluster ...).`,
 		},
 	})
 	return root
+}
+
+// lockMachine takes the machine's cluster lock (cluster.LockMachine), which
+// tests hold while their cluster runs, saying so when it has to wait.
+func lockMachine(ctx context.Context, stderr io.Writer) (func(), error) {
+	waiting := time.AfterFunc(time.Second, func() {
+		fmt.Fprintf(stderr, "waiting for %s: a test's cluster runs\n", cluster.LockPath)
+	})
+	defer waiting.Stop()
+	return cluster.LockMachine(ctx)
 }
 
 // kubectl runs the cached kubectl (building it if needed) with the admin
