@@ -33,7 +33,8 @@ type Config struct {
 	// Cache builds and finds the programs.
 	Cache build.Cache
 	// Images are entries of the runtime's image table on top of the
-	// defaults (DefaultImages).
+	// defaults (DefaultImages); entries added with MapImage while the
+	// cluster ran stay unless these map the same image.
 	Images []ImageMapping
 	// Out receives progress lines, such as "etcd ready (0.4s)"; os.Stderr
 	// when nil.

@@ -117,6 +117,7 @@ func Down(ctx context.Context, cfg Config) error {
 		})
 	}
 	step("removed cgroups and files", func() {
+		note(removeContainerLogLinks(l.dir)) // before their directory goes
 		if len(foreign) == 0 {
 			if m, err := cgroup.New(log); err != nil {
 				note(err)
@@ -126,7 +127,6 @@ func Down(ctx context.Context, cfg Config) error {
 			note(removeKubeletHostFiles())
 			note(restoreKernelSettings(l))
 		}
-		note(removeContainerLogLinks(l.dir))
 		if err := unmountUnder(l.dir); err != nil {
 			note(err)
 		} else if err := os.RemoveAll(l.dir); err != nil {

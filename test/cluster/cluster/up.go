@@ -223,7 +223,15 @@ func up(ctx context.Context, cfg Config, withNodes bool) (*Cluster, error) {
 		return c, nil
 	}
 	if err := step("image table", func() (string, error) {
-		return "written", writeImages(c.l.images(), append(DefaultImages(c.bins), cfg.Images...))
+		// Entries mapped while the cluster ran (MapImage) stay, unless the
+		// defaults or cfg.Images map the same image.
+		table, err := readImages(c.l.images())
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			c.log.Warn("image table unreadable: rewriting it", "err", err)
+			table = nil
+		}
+		table = append(append(table, DefaultImages(c.bins)...), cfg.Images...)
+		return "written", writeImages(c.l.images(), table)
 	}); err != nil {
 		return nil, fmt.Errorf("cluster up: %w", err)
 	}
