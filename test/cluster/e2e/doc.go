@@ -13,7 +13,9 @@
 //
 //	go test -count=1 -timeout 40m ./e2e/
 //
-// A cluster already up is reused. Each test works in a namespace of its
+// A cluster already up is reused. The suite holds the machine's cluster
+// lock (cluster.LockMachine) from its first test to its end, so other
+// packages' cluster tests (one cluster per machine) wait their turn. Each test works in a namespace of its
 // own and deletes it; on failure it first logs the namespace's events, its
 // pods' statuses and the tails of the runtime's and the kubelet's logs.
 // With SLUICE_E2E_KEEP_CLUSTER=1 the last test leaves the cluster up (to

@@ -39,6 +39,7 @@ type suite struct {
 	kubectl string // the cached kubectl program
 	echo    string // the echo program (the path pods run)
 	upErr   error  // why the cluster could not be brought up
+	unlock  func() // releases the machine's cluster lock (nil when not taken)
 }
 
 // env is set once by TestMain, before any test runs; its cluster is
@@ -47,16 +48,27 @@ var env *suite
 
 // TestMain makes the suite. The cluster is brought up (or the running one
 // reused) and the echo image mapped by the first test that runs, so that
-// `go test -list` or a -run that selects nothing starts nothing.
+// `go test -list` or a -run that selects nothing starts nothing. The
+// machine's cluster lock (cluster.LockMachine) is held from then until the
+// tests end, so that other packages' cluster tests wait their turn.
 func TestMain(m *testing.M) {
 	env = &suite{}
-	os.Exit(m.Run())
+	code := m.Run()
+	if env.unlock != nil {
+		env.unlock()
+	}
+	os.Exit(code)
 }
 
 func (s *suite) up() error {
 	// Hang guard: a cold build of Kubernetes takes ~7 minutes here.
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
+	unlock, err := cluster.LockMachine(ctx)
+	if err != nil {
+		return err
+	}
+	s.unlock = unlock
 	s.cfg = cluster.Config{
 		Out: os.Stderr,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
@@ -252,13 +264,18 @@ func (s *suite) logFile(name string) string {
 }
 
 // logTail returns up to matching lines of path that contain needle, then
-// its last lines.
+// its last lines, each cut at 400 bytes.
 func logTail(path, needle string, matching, last int) string {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Sprintf("(%v)\n", err)
 	}
 	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	for i, l := range lines {
+		if len(l) > 400 {
+			lines[i] = l[:400] + "…"
+		}
+	}
 	var hits []string
 	for _, l := range lines {
 		if strings.Contains(l, needle) {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,5 +29,13 @@ func TestDown(t *testing.T) {
 	}
 	for _, l := range left {
 		t.Errorf("left behind by cluster down: %s", l)
+		if dir, ok := strings.CutPrefix(l, "dir "); ok {
+			ents, err := os.ReadDir(dir)
+			var names []string
+			for _, e := range ents {
+				names = append(names, e.Name())
+			}
+			t.Logf("%s holds %q (%v)", dir, names, err)
+		}
 	}
 }
