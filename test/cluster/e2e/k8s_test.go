@@ -139,6 +139,9 @@ func (s *suite) waitPodReady(t *testing.T, c context.Context, ns, name string) *
 			return false, "", err
 		}
 		pod = p
+		if p.Status.Phase == corev1.PodFailed || p.Status.Phase == corev1.PodSucceeded {
+			return false, "", fmt.Errorf("pod ended instead: %s", podStatus(p))
+		}
 		return p.Status.Phase == corev1.PodRunning && podReady(p), podStatus(p), nil
 	})
 	return pod
@@ -154,6 +157,9 @@ func (s *suite) waitPodPhase(t *testing.T, c context.Context, ns, name string, p
 			return false, "", err
 		}
 		pod = p
+		if ended := p.Status.Phase == corev1.PodFailed || p.Status.Phase == corev1.PodSucceeded; ended && p.Status.Phase != phase {
+			return false, "", fmt.Errorf("pod ended otherwise: %s", podStatus(p))
+		}
 		return p.Status.Phase == phase, podStatus(p), nil
 	})
 	return pod
