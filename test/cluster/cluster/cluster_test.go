@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -9,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,27 +23,9 @@ import (
 	"github.com/sluice-mesh/sluice/test/cluster/internal/testenv"
 )
 
-// syncBuffer is a bytes.Buffer safe for the concurrent steps of Up.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // testConfig is a configuration with a state root of the test's own and
 // Down (then a check that nothing is left) in the test's cleanup.
-func testConfig(t *testing.T) (Config, *syncBuffer) {
+func testConfig(t *testing.T) (Config, *testenv.Buffer) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	if _, err := os.Stat(etcdPath); err != nil {
@@ -63,7 +43,7 @@ func testConfig(t *testing.T) (Config, *syncBuffer) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := &syncBuffer{}
+	out := &testenv.Buffer{}
 	cfg := Config{
 		Dir: filepath.Join(t.TempDir(), "state"),
 		Out: out,

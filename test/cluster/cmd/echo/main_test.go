@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-mesh/sluice/test/cluster/internal/testenv"
 )
 
 // TestMain runs main instead of the tests when the test binary is started
@@ -30,9 +32,9 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func testServer(t *testing.T, readyFile, serveDir string) (*httptest.Server, *syncBuffer) {
+func testServer(t *testing.T, readyFile, serveDir string) (*httptest.Server, *testenv.Buffer) {
 	t.Helper()
-	var access syncBuffer
+	var access testenv.Buffer
 	s := newServer("pod-a", "v7", readyFile, serveDir, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ts := httptest.NewServer(s.handler(&access))
 	t.Cleanup(ts.Close)
@@ -316,7 +318,7 @@ func TestSIGTERM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr syncBuffer
+	var stderr testenv.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -367,22 +369,4 @@ func TestSIGTERM(t *testing.T) {
 	if !strings.Contains(stderr.String(), "stopped") {
 		t.Errorf("log does not say it stopped:\n%s", stderr.String())
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -8,9 +8,11 @@
 package testenv
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 )
 
@@ -41,4 +43,25 @@ func RequireCommand(t testing.TB, name string) {
 	if _, err := exec.LookPath(name); err != nil {
 		Missing(t, "test needs program %q on PATH: %v", name, err)
 	}
+}
+
+// Buffer is a bytes.Buffer that is safe for concurrent writes and reads:
+// the output of a process or of concurrent steps, read while it grows.
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write appends p.
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String returns what was written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
