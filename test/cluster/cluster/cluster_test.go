@@ -429,8 +429,14 @@ func TestAnotherClusterIsLeftAlone(t *testing.T) {
 	if err := kubelet.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go kubelet.Wait()
-	t.Cleanup(func() { kubelet.Process.Kill() }) // before the Down of testConfig's cleanup
+	kubeletDone := make(chan struct{})
+	go func() { kubelet.Wait(); close(kubeletDone) }()
+	t.Cleanup(func() {
+		// Before the Down of testConfig's cleanup, which must not see this
+		// stand-in any more: wait until it is gone, not only signalled.
+		kubelet.Process.Kill()
+		<-kubeletDone
+	})
 
 	m, err := cgroup.New(nil)
 	if err != nil {
@@ -444,13 +450,15 @@ func TestAnotherClusterIsLeftAlone(t *testing.T) {
 	if err := pod.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go pod.Wait()
+	podDone := make(chan struct{})
+	go func() { pod.Wait(); close(podDone) }()
 	t.Cleanup(func() {
 		// A cluster of another test run may be up too: this test's pod
 		// cgroup goes whatever Down does.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		pod.Process.Kill()
+		<-podDone
 		m.Kill(ctx, podCgroup)
 		m.Remove(podCgroup)
 	})

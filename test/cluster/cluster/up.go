@@ -77,11 +77,26 @@ func (c *Cluster) Dir() string { return c.l.dir }
 // MapImage adds m to the running runtime's image table (replacing an entry
 // with the same image); procri reads the table again when it changes.
 func (c *Cluster) MapImage(m ImageMapping) error {
-	table, err := readImages(c.l.images())
+	return mapImage(c.l, m)
+}
+
+// MapImage adds m to the image table of the cluster whose state root cfg
+// names, which Up must have made; procri reads the table again when it
+// changes.
+func MapImage(cfg Config, m ImageMapping) error {
+	l := layout{cfg.dir()}
+	if _, err := os.Stat(l.images()); err != nil {
+		return fmt.Errorf("map image %s: no cluster's image table (run cluster up first): %w", m.Image, err)
+	}
+	return mapImage(l, m)
+}
+
+func mapImage(l layout, m ImageMapping) error {
+	table, err := readImages(l.images())
 	if err != nil {
 		return err
 	}
-	return writeImages(c.l.images(), append(table, m))
+	return writeImages(l.images(), append(table, m))
 }
 
 func (cfg Config) dir() string {

@@ -9,6 +9,8 @@
 //	cluster build               build (or find in the cache) every program
 //	cluster leftovers           what down removes and is still there
 //	cluster kubectl -- ARGS     run the built kubectl with the admin kubeconfig
+//	cluster image IMAGE PROGRAM [-- ARGS]
+//	                            map an image reference to a program of this machine
 //
 // Run it as root from test/cluster (go run ./cmd/cluster up): the programs
 // are built in this module.
@@ -191,6 +193,7 @@ module (go run ./cmd/cluster ...).`,
 			return err
 		},
 	})
+	root.AddCommand(newCmdImage(o, stdout))
 	root.AddCommand(&cobra.Command{
 		Use:                   "kubectl -- ARGS...",
 		Short:                 "Run the built kubectl with the admin kubeconfig",
@@ -223,4 +226,48 @@ func kubectl(ctx context.Context, o *options, stdout, stderr io.Writer, args ...
 	cmd := exec.CommandContext(ctx, bins["kubectl"], append([]string{"--kubeconfig", filepath.Join(o.dir, "kubeconfig")}, args...)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, stdout, stderr
 	return cmd.Run()
+}
+
+// newCmdImage maps an image reference to a program in the running
+// cluster's image table.
+func newCmdImage(o *options, stdout io.Writer) *cobra.Command {
+	var m cluster.ImageMapping
+	cmd := &cobra.Command{
+		Use:   "image IMAGE PROGRAM [-- ARGS...]",
+		Short: "Map an image reference to a program of this machine in the running cluster",
+		Long: `image adds an entry to the running cluster's image table (<dir>/images.yaml),
+replacing one for the same image: pods whose containers use IMAGE then run
+PROGRAM, with ARGS as the image's default arguments. IMAGE may end in ":*" to
+match every tag. The container runtime reads the table again when it changes.`,
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m.Image, m.Program = args[0], args[1]
+			if dash := cmd.ArgsLenAtDash(); dash >= 0 {
+				if dash != 2 {
+					return fmt.Errorf("image takes IMAGE PROGRAM, then -- before the arguments")
+				}
+				m.Args = args[2:]
+			} else if len(args) > 2 {
+				return fmt.Errorf("image takes IMAGE PROGRAM; put -- before the program's arguments")
+			}
+			if !filepath.IsAbs(m.Program) {
+				return fmt.Errorf("program %q must be an absolute path", m.Program)
+			}
+			if st, err := os.Stat(m.Program); err != nil {
+				return fmt.Errorf("program: %w", err)
+			} else if st.IsDir() || st.Mode()&0o111 == 0 {
+				return fmt.Errorf("program %s is not an executable file", m.Program)
+			}
+			if err := cluster.MapImage(o.config(os.Stderr), m); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "%s -> %s\n", m.Image, m.Program)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVar(&m.Env, "env", nil, "default environment variable KEY=value (repeatable)")
+	f.StringVar(&m.User, "user", "", `default user, "uid" or "uid:gid"`)
+	f.StringVar(&m.WorkingDir, "workdir", "", "default working directory")
+	return cmd
 }
