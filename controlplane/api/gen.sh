@@ -10,4 +10,4 @@ go build -o "$bin/protoc-gen-go-grpc" google.golang.org/grpc/cmd/protoc-gen-go-g
 PATH="$bin:$PATH" protoc -I . -I /usr/include \
   --go_out=. --go_opt=paths=source_relative \
   --go-grpc_out=. --go-grpc_opt=paths=source_relative \
-  net/net.proto destination/destination.proto tap/tap.proto
+  $(find . -name "*.proto" -printf "%P\n" | LC_ALL=C sort)
