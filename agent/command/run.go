@@ -6,12 +6,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -20,6 +22,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/sluice-mesh/sluice/agent/api"
 	"github.com/sluice-mesh/sluice/agent/enroll"
@@ -27,6 +32,7 @@ import (
 	"github.com/sluice-mesh/sluice/agent/loader"
 	"github.com/sluice-mesh/sluice/agent/metrics"
 	"github.com/sluice-mesh/sluice/agent/podns"
+	"github.com/sluice-mesh/sluice/agent/podwatch"
 	"github.com/sluice-mesh/sluice/agent/probe"
 	"github.com/sluice-mesh/sluice/agent/server"
 	"github.com/sluice-mesh/sluice/bpf"
@@ -46,7 +52,7 @@ on a unix socket. Killing the agent loses no connection and no enrollment: a
 restarted agent re-adopts what is pinned.`,
 		SilenceUsage: true,
 	}
-	root.AddCommand(newCmdRun(), newCmdEnroll(), newCmdUnenroll(), newCmdList(), newCmdStatus(), newCmdUninstall())
+	root.AddCommand(newCmdRun(), newCmdEnroll(), newCmdUnenroll(), newCmdList(), newCmdStatus(), newCmdUninstall(), newCmdIPTablesInit())
 	return root
 }
 
@@ -61,6 +67,11 @@ type runOptions struct {
 	maxPods     uint32
 	logLevel    string
 	netnsCookie string
+	// The pod watcher's (see agent/podwatch); it runs when nodeName is set.
+	kubeconfig     string
+	nodeName       string
+	podCgroupRoots []string
+	podResync      time.Duration
 }
 
 func newRunOptions() *runOptions {
@@ -72,6 +83,8 @@ func newRunOptions() *runOptions {
 		maxPods:     1024,
 		logLevel:    "info",
 		netnsCookie: "auto",
+		nodeName:    os.Getenv("NODE_NAME"),
+		podResync:   podwatch.DefaultResync,
 	}
 }
 
@@ -97,6 +110,17 @@ func (o *runOptions) validate() error {
 	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
+	if o.kubeconfig != "" && o.nodeName == "" {
+		return fmt.Errorf("--kubeconfig is for the pod watcher, which needs --node-name (or $NODE_NAME)")
+	}
+	if o.podResync <= 0 {
+		return fmt.Errorf("--pod-resync must be positive")
+	}
+	for _, r := range o.podCgroupRoots {
+		if !filepath.IsAbs(r) {
+			return fmt.Errorf("--pod-cgroup-root %q must be an absolute path", r)
+		}
+	}
 	return nil
 }
 
@@ -115,6 +139,15 @@ func newCmdRun() *cobra.Command {
 		Long: `run probes the kernel, loads and attaches the steering programs (or adopts and,
 if they changed, upgrades the ones an earlier agent pinned), then serves the
 admin API on --socket and Prometheus metrics on --metrics-addr.
+
+With --node-name (or $NODE_NAME) it also watches the node's pods through the
+Kubernetes API (--kubeconfig, or the pod's service account in a cluster) and
+enrolls each meshed eBPF-mode pod once its sluice-proxy container runs: its
+network namespace is found through the kubelet's cgroups (kubepods/.../pod<uid>)
+and /proc, so the agent needs the host's PID namespace. Pods are unenrolled
+when deleted or finished, and the agent's enrollments are reconciled with the
+node's pods at start and every --pod-resync. Enrollments made by hand are
+left alone. Without a node name only the admin API enrolls pods.
 
 Stopping it (SIGTERM, or even SIGKILL) detaches nothing: traffic keeps being
 steered. Use 'sluice-agent uninstall' to remove everything.`,
@@ -139,6 +172,11 @@ steered. Use 'sluice-agent uninstall' to remove everything.`,
 	f.StringVar(&o.netnsCookie, "netns-cookie", o.netnsCookie, `how to learn a pod's netns cookie: sockopt (SO_NETNS_COOKIE, Linux 5.14),
 bpf (a UDP connect seen by cgroup/connect4; the agent must run in a cgroup under
 --cgroup-root, as it does on a node), or auto (sockopt when the kernel has it)`)
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig of the pod watcher (default: the pod's service account, when KUBERNETES_SERVICE_HOST is set)")
+	f.StringVar(&o.nodeName, "node-name", o.nodeName, "this node's name: watch its pods and enroll the meshed ones (default $NODE_NAME; empty: no pod watcher, the admin API only)")
+	f.StringSliceVar(&o.podCgroupRoots, "pod-cgroup-root", nil, `directory under which the kubelet's kubepods cgroups are looked for, in order;
+repeatable (default: the cgroup v2 mount, then every cgroup v1 hierarchy)`)
+	f.DurationVar(&o.podResync, "pod-resync", o.podResync, "how often the pod watcher checks every meshed pod and every enrollment of a pod again")
 	return cmd
 }
 
@@ -155,7 +193,18 @@ type agent struct {
 func (o *runOptions) run(cmd *cobra.Command) error {
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(o.logLevel))
-	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl})).With("component", "agent")
+	base := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl}))
+	log := base.With("component", "agent")
+
+	// The Kubernetes client first: a bad --kubeconfig fails before the
+	// kernel is touched.
+	var kc kubernetes.Interface
+	if o.nodeName != "" {
+		var err error
+		if kc, err = kubeClient(o.kubeconfig); err != nil {
+			return err
+		}
+	}
 
 	a := &agent{opts: o}
 	mcfg := enroll.Config{Mode: api.Mode(o.mode), StateFile: filepath.Join(o.stateDir, "enrollments.json"), MaxPods: int(o.maxPods), Logger: log}
@@ -212,11 +261,38 @@ func (o *runOptions) run(cmd *cobra.Command) error {
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(metrics.New(a, log), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if kc != nil {
+		w, err := podwatch.New(podwatch.Config{
+			Client: kc, NodeName: o.nodeName, Enroller: podwatch.Local(m), Mode: api.Mode(o.mode),
+			CgroupRoots: o.podCgroupRoots, NetNSCookie: podwatch.NetNSCookieWith(mcfg.Cookie),
+			Logger: base, Registerer: reg, Resync: o.podResync,
+		})
+		if err != nil {
+			return err
+		}
+		watched := make(chan struct{})
+		go func() {
+			defer close(watched)
+			if err := w.Run(ctx); err != nil {
+				log.Error("pod watcher stopped", "err", err)
+			}
+		}()
+		defer func() { stop(); <-watched }()
+	}
+
 	if o.metricsAddr != "" {
-		reg := prometheus.NewRegistry()
-		reg.MustRegister(metrics.New(a, log), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		// The programs are loaded and attached and the admin API serves by
+		// now: the agent is live and ready (its DaemonSet's probes).
+		for _, path := range []string{"/live", "/ready"} {
+			answer := strings.TrimPrefix(path, "/") + "\n"
+			mux.HandleFunc(path, func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, answer) })
+		}
 		mln, err := net.Listen("tcp", o.metricsAddr)
 		if err != nil {
 			return fmt.Errorf("listen for metrics on %s: %w", o.metricsAddr, err)
@@ -227,9 +303,7 @@ func (o *runOptions) run(cmd *cobra.Command) error {
 		log.Info("serving metrics", "addr", mln.Addr().String())
 	}
 
-	ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	log.Info("agent ready", "mode", o.mode, "socket", o.socketPath(), "enrollments", m.Len())
+	log.Info("agent ready", "mode", o.mode, "socket", o.socketPath(), "enrollments", m.Len(), "node", o.nodeName)
 	fmt.Fprintln(cmd.OutOrStdout(), "READY")
 	// Proxies' listeners are looked for every tick, so inbound steering
 	// starts soon after a proxy does; gone namespaces every gcEvery ticks.
@@ -245,6 +319,31 @@ func (o *runOptions) run(cmd *cobra.Command) error {
 			m.Reconcile(ctx, n%gcEvery == 0)
 		}
 	}
+}
+
+// kubeClient returns a Kubernetes client from the kubeconfig at path or,
+// when path is empty, from the pod's service account.
+func kubeClient(path string) (kubernetes.Interface, error) {
+	var cfg *rest.Config
+	var err error
+	switch {
+	case path != "":
+		if cfg, err = clientcmd.BuildConfigFromFlags("", path); err != nil {
+			return nil, fmt.Errorf("load kubeconfig %s: %w", path, err)
+		}
+	case os.Getenv("KUBERNETES_SERVICE_HOST") != "":
+		if cfg, err = rest.InClusterConfig(); err != nil {
+			return nil, fmt.Errorf("load in-cluster Kubernetes config: %w", err)
+		}
+	default:
+		return nil, errors.New("the pod watcher (--node-name) needs --kubeconfig outside a Kubernetes pod (KUBERNETES_SERVICE_HOST is not set)")
+	}
+	cfg.UserAgent = "sluice-agent/" + Version
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("make a Kubernetes client: %w", err)
+	}
+	return c, nil
 }
 
 func (a *agent) status() api.Status {

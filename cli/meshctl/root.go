@@ -37,7 +37,7 @@ programs instead of iptables.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	cmd.AddCommand(newCmdCheck(global))
+	cmd.AddCommand(newCmdCheck(global), newCmdInject(global), newCmdUninject(global))
 	return cmd
 }
 

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -151,11 +150,11 @@ func (o *commonOptions) run(ctx context.Context, log *slog.Logger, servers []ser
 			errc <- nil
 		}()
 	}
-	bgDone := make(chan error, 1)
+	// bgDone stays nil (never ready) without a background function.
+	var bgDone chan error
 	if background != nil {
+		bgDone = make(chan error, 1)
 		go func() { bgDone <- background(ctx) }()
-	} else {
-		close(bgDone)
 	}
 	var first error
 	select {
@@ -165,10 +164,11 @@ func (o *commonOptions) run(ctx context.Context, log *slog.Logger, servers []ser
 		if first == nil {
 			first = errors.New("a server stopped")
 		}
-	case err, ok := <-bgDone:
-		if ok && err != nil && ctx.Err() == nil {
+	case err := <-bgDone:
+		if err != nil && ctx.Err() == nil {
 			first = err
 		}
+		bgDone <- nil // for the wait below
 	}
 	cancel()
 	drain, cancelDrain := context.WithTimeout(context.Background(), o.drainTimeout)
@@ -198,15 +198,4 @@ func (o *commonOptions) run(ctx context.Context, log *slog.Logger, servers []ser
 	}
 	log.Info("stopped")
 	return nil
-}
-
-// joinNonEmpty joins the non-empty strings with sep.
-func joinNonEmpty(sep string, s ...string) string {
-	var out []string
-	for _, x := range s {
-		if x != "" {
-			out = append(out, x)
-		}
-	}
-	return strings.Join(out, sep)
 }

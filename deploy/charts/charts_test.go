@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/sluice-mesh/sluice/controlplane/inject"
 )
 
 func find(t *testing.T, objs []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {
@@ -32,8 +34,18 @@ func TestRenderDefaults(t *testing.T) {
 	if objs[0].GetKind() != "Namespace" || objs[0].GetName() != "mesh" {
 		t.Errorf("first object is %s %s, want the namespace", objs[0].GetKind(), objs[0].GetName())
 	}
-	if last := objs[len(objs)-1]; last.GetKind() != "APIService" {
-		t.Errorf("last object is %s, want the APIService", last.GetKind())
+	// Webhooks and API services come after the workloads that serve them.
+	lastWorkload, firstHook := -1, len(objs)
+	for i, o := range objs {
+		switch o.GetKind() {
+		case "Deployment", "DaemonSet":
+			lastWorkload = i
+		case "MutatingWebhookConfiguration", "APIService":
+			firstHook = min(firstHook, i)
+		}
+	}
+	if lastWorkload > firstHook {
+		t.Errorf("a workload (%s) comes after a webhook or API service (%s)", objs[lastWorkload].GetName(), objs[firstHook].GetName())
 	}
 	clusterScoped := map[string]bool{"Namespace": true, "ClusterRole": true, "ClusterRoleBinding": true, "APIService": true, "MutatingWebhookConfiguration": true}
 	for _, o := range objs {
@@ -112,4 +124,55 @@ func parseCert(t *testing.T, s string) *x509.Certificate {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestRenderInjectionValues: the injector's values parse and validate as
+// controlplane/inject reads them, carry the chart's images and the same
+// trust anchors as the identity service, and the webhook's caBundle
+// verifies its serving certificate.
+func TestRenderInjectionValues(t *testing.T) {
+	objs, err := Render(Options{Values: map[string]any{
+		"interceptionMode": "iptables",
+		"image":            map[string]any{"tag": "v9.9.9"},
+		"proxy":            map[string]any{"skipOutboundPorts": "25,587"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm := find(t, objs, "ConfigMap", inject.ConfigMapName)
+	doc, _, _ := unstructured.NestedString(cm.Object, "data", inject.ValuesKey)
+	v, err := inject.ParseValues([]byte(doc))
+	if err != nil {
+		t.Fatalf("parse %s: %v\n%s", inject.ValuesKey, err, doc)
+	}
+	if err := v.Validate(); err != nil {
+		t.Fatalf("validate: %v", err)
+	}
+	if got, want := v.ProxyImageRef(), "ghcr.io/sluice-mesh/proxy:v9.9.9"; got != want {
+		t.Errorf("proxy image %s, want %s", got, want)
+	}
+	if got, want := v.InitImageRef(), "ghcr.io/sluice-mesh/agent:v9.9.9"; got != want {
+		t.Errorf("init image %s, want %s", got, want)
+	}
+	if v.InterceptionMode != "iptables" || v.Proxy.SkipOutboundPorts != "25,587" || v.ControlPlaneNamespace != "sluice" {
+		t.Errorf("values: mode %q, skip-outbound %q, namespace %q", v.InterceptionMode, v.Proxy.SkipOutboundPorts, v.ControlPlaneNamespace)
+	}
+	roots := find(t, objs, "ConfigMap", "sluice-identity-trust-roots")
+	bundle, _, _ := unstructured.NestedString(roots.Object, "data", "ca-bundle.crt")
+	if strings.TrimSpace(bundle) != strings.TrimSpace(v.Identity.TrustAnchorsPEM) {
+		t.Error("the injection values' trust anchors differ from the identity service's")
+	}
+
+	hook := find(t, objs, "MutatingWebhookConfiguration", "sluice-sluice-proxy-injector")
+	hooks, _, _ := unstructured.NestedSlice(hook.Object, "webhooks")
+	caB64, _, _ := unstructured.NestedString(hooks[0].(map[string]any), "clientConfig", "caBundle")
+	ca, _ := base64.StdEncoding.DecodeString(caB64)
+	sec := find(t, objs, "Secret", "sluice-proxy-injector-tls")
+	leafB64, _, _ := unstructured.NestedString(sec.Object, "data", "tls.crt")
+	leaf, _ := base64.StdEncoding.DecodeString(leafB64)
+	pool := x509.NewCertPool()
+	pool.AddCert(parseCert(t, string(ca)))
+	if _, err := parseCert(t, string(leaf)).Verify(x509.VerifyOptions{Roots: pool, DNSName: "sluice-proxy-injector.sluice.svc"}); err != nil {
+		t.Errorf("injector certificate does not verify with the webhook's caBundle: %v", err)
+	}
 }
