@@ -3,7 +3,6 @@
 app.kubernetes.io/part-of: sluice
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
-sluice.io/control-plane-ns: {{ .Release.Namespace }}
 {{- end }}
 
 {{/* image returns registry/name:tag for one of the image values. Call with (list $ .Values.xImage). */}}
