@@ -124,6 +124,24 @@ func ParsePortRanges(s string) ([]PortRange, error) {
 	return out, nil
 }
 
+// ParsePrefixes parses a comma-separated list of CIDRs such as
+// "10.96.0.0/12, fd00::/8", as found in the config.sluice.io/skip-subnets
+// annotation. Empty is none.
+func ParsePrefixes(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			return nil, fmt.Errorf("parse subnet: %w", err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
 func parsePort(s string) (uint16, error) {
 	n, err := strconv.Atoi(strings.TrimSpace(s))
 	if err != nil {

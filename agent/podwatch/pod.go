@@ -1,6 +1,7 @@
 package podwatch
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -117,12 +118,30 @@ func (e *AnnotationError) Error() string {
 
 func (e *AnnotationError) Unwrap() error { return e.Err }
 
-// PodConfig returns the steering configuration of a meshed pod: the proxy's
-// defaults (uid 2102, ports 4140 and 4143, the steering probe on 4144) and
-// the config.sluice.io/skip-inbound-ports, skip-outbound-ports and
-// skip-subnets annotations. A value that cannot be parsed or that the agent
-// would refuse is an *AnnotationError naming the annotation.
+// PodConfig returns the steering configuration of a meshed pod. The
+// injector records it in the annotation meshmeta.AnnotationSteering (the
+// installation's defaults with the pod's config annotations applied), which
+// wins; a pod without it (injected by hand) gets the proxy's defaults (uid
+// 2102, ports 4140 and 4143, the steering probe on 4144) with the
+// config.sluice.io/skip-inbound-ports, skip-outbound-ports and skip-subnets
+// annotations. A value that cannot be parsed or that the agent would refuse
+// is an *AnnotationError naming the annotation.
 func PodConfig(pod *corev1.Pod) (api.PodConfig, error) {
+	if v, ok := pod.Annotations[meshmeta.AnnotationSteering]; ok {
+		var cfg api.PodConfig
+		dec := json.NewDecoder(strings.NewReader(v))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&cfg); err != nil {
+			return api.PodConfig{}, &AnnotationError{meshmeta.AnnotationSteering, v, err}
+		}
+		if cfg.ProbePort == 0 {
+			cfg.ProbePort = api.DefaultProbePort
+		}
+		if err := cfg.WithDefaults().Validate(); err != nil {
+			return api.PodConfig{}, &AnnotationError{meshmeta.AnnotationSteering, v, err}
+		}
+		return cfg, nil
+	}
 	cfg := api.PodConfig{ProxyUID: api.DefaultProxyUID, ProbePort: api.DefaultProbePort}
 	// Each annotation is checked as it is added, with the agent's own
 	// validation, so that an error names the annotation at fault.
@@ -139,7 +158,7 @@ func PodConfig(pod *corev1.Pod) (api.PodConfig, error) {
 			return err
 		}},
 		{meshmeta.AnnotationSkipSubnets, func(v string) (err error) {
-			cfg.SkipSubnets, err = parsePrefixes(v)
+			cfg.SkipSubnets, err = api.ParsePrefixes(v)
 			return err
 		}},
 	}
@@ -156,21 +175,4 @@ func PodConfig(pod *corev1.Pod) (api.PodConfig, error) {
 		}
 	}
 	return cfg, nil
-}
-
-// parsePrefixes parses a comma-separated list of CIDRs ("10.96.0.0/12,
-// fd00::/8"); empty is none.
-func parsePrefixes(s string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f == "" {
-			continue
-		}
-		p, err := netip.ParsePrefix(f)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, p)
-	}
-	return out, nil
 }

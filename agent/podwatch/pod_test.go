@@ -139,6 +139,21 @@ func TestPodConfig(t *testing.T) {
 		{"skips the probe and inbound ports", map[string]string{meshmeta.AnnotationSkipInboundPorts: "4100-4150"}, api.PodConfig{}, meshmeta.AnnotationSkipInboundPorts, "probe port"},
 		{"too many subnets", map[string]string{meshmeta.AnnotationSkipSubnets: "10.1.0.0/16,10.2.0.0/16,10.3.0.0/16,10.4.0.0/16,10.5.0.0/16,10.6.0.0/16,10.7.0.0/16,10.8.0.0/16,10.9.0.0/16"}, api.PodConfig{}, meshmeta.AnnotationSkipSubnets, "at most 8"},
 		{"too many port ranges", map[string]string{meshmeta.AnnotationSkipOutboundPorts: "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17"}, api.PodConfig{}, meshmeta.AnnotationSkipOutboundPorts, "at most 16"},
+		// The injector's resolved configuration wins over the config
+		// annotations it came from (installation defaults, another uid).
+		{"steering annotation", map[string]string{
+			meshmeta.AnnotationSteering:          `{"proxyUID":3000,"outboundPort":4140,"inboundPort":4143,"skipInboundPorts":["4190","4191"],"skipOutboundPorts":["25","5432"],"skipSubnets":["10.96.0.0/12"],"probePort":4144}`,
+			meshmeta.AnnotationSkipOutboundPorts: "5432",
+		}, api.PodConfig{
+			ProxyUID: 3000, OutboundPort: 4140, InboundPort: 4143, ProbePort: 4144,
+			SkipInboundPorts:  []api.PortRange{{Lo: 4190, Hi: 4190}, {Lo: 4191, Hi: 4191}},
+			SkipOutboundPorts: []api.PortRange{{Lo: 25, Hi: 25}, {Lo: 5432, Hi: 5432}},
+			SkipSubnets:       []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12")},
+		}, "", ""},
+		{"steering annotation without a probe port", map[string]string{meshmeta.AnnotationSteering: `{"proxyUID":2102}`}, api.PodConfig{ProxyUID: 2102, ProbePort: 4144}, "", ""},
+		{"steering annotation not JSON", map[string]string{meshmeta.AnnotationSteering: `proxyUID=1`}, api.PodConfig{}, meshmeta.AnnotationSteering, "invalid character"},
+		{"steering annotation with an unknown field", map[string]string{meshmeta.AnnotationSteering: `{"proxyUser":1}`}, api.PodConfig{}, meshmeta.AnnotationSteering, "unknown field"},
+		{"steering annotation the agent refuses", map[string]string{meshmeta.AnnotationSteering: `{"outboundPort":4143,"inboundPort":4143}`}, api.PodConfig{}, meshmeta.AnnotationSteering, "both 4143"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

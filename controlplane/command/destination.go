@@ -170,29 +170,5 @@ func (o *destinationOptions) run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
-	return o.commonOptions.run(ctx, log, []server{destinationGRPC(lis, gs, svc), adm}, informers)
-}
-
-// destinationGRPC wraps the destination gRPC server as a server. Its
-// graceful stop first ends the open streams, which would otherwise last
-// as long as their proxies.
-func destinationGRPC(lis net.Listener, gs *grpc.Server, svc *destination.Server) server {
-	return server{
-		name:  "destination",
-		lis:   lis,
-		serve: gs.Serve,
-		shutdown: func(ctx context.Context) error {
-			svc.Shutdown()
-			done := make(chan struct{})
-			go func() { gs.GracefulStop(); close(done) }()
-			select {
-			case <-done:
-				return nil
-			case <-ctx.Done():
-				gs.Stop()
-				return ctx.Err()
-			}
-		},
-		stop: gs.Stop,
-	}
+	return o.commonOptions.run(ctx, log, []server{grpcServer("destination", lis, gs, svc.Shutdown), adm}, informers)
 }

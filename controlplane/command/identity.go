@@ -157,26 +157,5 @@ func (o *identityOptions) run(ctx context.Context) error {
 		lis.Close()
 		return err
 	}
-	return o.commonOptions.run(ctx, log, []server{identityGRPC(lis, gs), adm}, svc.Run)
-}
-
-// identityGRPC wraps the identity gRPC server as a server.
-func identityGRPC(lis net.Listener, gs *grpc.Server) server {
-	return server{
-		name:  "identity",
-		lis:   lis,
-		serve: gs.Serve,
-		shutdown: func(ctx context.Context) error {
-			done := make(chan struct{})
-			go func() { gs.GracefulStop(); close(done) }()
-			select {
-			case <-done:
-				return nil
-			case <-ctx.Done():
-				gs.Stop()
-				return ctx.Err()
-			}
-		},
-		stop: gs.Stop,
-	}
+	return o.commonOptions.run(ctx, log, []server{grpcServer("identity", lis, gs, nil), adm}, svc.Run)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 
 	"github.com/sluice-mesh/sluice/controlplane/admin"
 )
@@ -106,6 +107,33 @@ func httpServer(name string, lis net.Listener, s *http.Server, tls bool) server 
 		},
 		shutdown: s.Shutdown,
 		stop:     func() { s.Close() },
+	}
+}
+
+// grpcServer wraps a gRPC server as a server. Its graceful stop calls
+// first (when not nil) and then waits for open calls, stopping them at
+// once when the drain time is up: first ends long-lived streams that
+// would otherwise last as long as their clients.
+func grpcServer(name string, lis net.Listener, gs *grpc.Server, first func()) server {
+	return server{
+		name:  name,
+		lis:   lis,
+		serve: gs.Serve,
+		shutdown: func(ctx context.Context) error {
+			if first != nil {
+				first()
+			}
+			done := make(chan struct{})
+			go func() { gs.GracefulStop(); close(done) }()
+			select {
+			case <-done:
+				return nil
+			case <-ctx.Done():
+				gs.Stop()
+				return ctx.Err()
+			}
+		},
+		stop: gs.Stop,
 	}
 }
 

@@ -88,7 +88,7 @@ func ConfigFor(annotations map[string]string, v Values) (Config, error) {
 		return Config{}, bad(meshmeta.AnnotationSkipOutboundPorts, s, fmt.Errorf("%d ranges, at most %d", len(st.SkipOutboundPorts), api.MaxPortRanges))
 	}
 	s, own = get(meshmeta.AnnotationSkipSubnets, v.Proxy.SkipSubnets)
-	if st.SkipSubnets, err = parseSubnets(s); err != nil && own {
+	if st.SkipSubnets, err = api.ParsePrefixes(s); err != nil && own {
 		return Config{}, bad(meshmeta.AnnotationSkipSubnets, s, err)
 	}
 	if len(st.SkipSubnets) > api.MaxSubnets {
@@ -108,22 +108,6 @@ func ConfigFor(annotations map[string]string, v Values) (Config, error) {
 // parsePorts parses "25,9000-9100"; empty is none.
 func parsePorts(s string) ([]api.PortRange, error) {
 	return api.ParsePortRanges(s)
-}
-
-// parseSubnets parses comma-separated CIDRs; empty is none.
-func parseSubnets(s string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f == "" {
-			continue
-		}
-		p, err := netip.ParsePrefix(f)
-		if err != nil {
-			return nil, fmt.Errorf("parse subnet: %w", err)
-		}
-		out = append(out, p)
-	}
-	return out, nil
 }
 
 // joinPorts writes ranges as "25,9000-9100".

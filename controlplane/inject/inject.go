@@ -15,6 +15,7 @@
 package inject
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -248,6 +249,11 @@ func (in Injector) Inject(t *corev1.PodTemplateSpec, w Workload) (*corev1.PodTem
 		out.Annotations[meshmeta.AnnotationIdentityMode] = IdentityModeDefault
 	}
 	out.Annotations[meshmeta.AnnotationMode] = cfg.Mode
+	steering, err := json.Marshal(cfg.Steering)
+	if err != nil {
+		return nil, fmt.Errorf("encode the steering configuration: %w", err)
+	}
+	out.Annotations[meshmeta.AnnotationSteering] = string(steering)
 	return out, nil
 }
 
@@ -418,7 +424,7 @@ func fieldEnv(name, path string) corev1.EnvVar {
 
 // addedLabels and addedAnnotations are every key Inject may write.
 var (
-	addedAnnotations = []string{meshmeta.AnnotationProxyVersion, meshmeta.AnnotationCreatedBy, meshmeta.AnnotationIdentityMode, meshmeta.AnnotationMode}
+	addedAnnotations = []string{meshmeta.AnnotationProxyVersion, meshmeta.AnnotationCreatedBy, meshmeta.AnnotationIdentityMode, meshmeta.AnnotationMode, meshmeta.AnnotationSteering}
 	addedVolumes     = []string{XtablesLockVolume, IdentityDirVolume, TokenVolume}
 	addedContainers  = []string{meshmeta.InitContainerName, meshmeta.ProxyContainerName}
 )

@@ -256,7 +256,7 @@ func (v Values) Validate() error {
 	if _, err := parsePorts(v.Proxy.SkipOutboundPorts); err != nil {
 		bad("proxy.skipOutboundPorts", "%v", err)
 	}
-	if _, err := parseSubnets(v.Proxy.SkipSubnets); err != nil {
+	if _, err := api.ParsePrefixes(v.Proxy.SkipSubnets); err != nil {
 		bad("proxy.skipSubnets", "%v", err)
 	}
 	if msgs := validation.IsDNS1123Subdomain(v.Identity.TrustDomain); len(msgs) > 0 {

@@ -65,6 +65,13 @@ const (
 	// AnnotationMode is the interception mode the pod was injected for
 	// (ModeEBPF or ModeIPTables); the agent enrolls only ModeEBPF pods.
 	AnnotationMode = "sluice.io/interception-mode"
+	// AnnotationSteering is what the node agent steers for the pod: the
+	// installation's defaults with the pod's config.sluice.io/skip-*
+	// annotations applied, as the JSON of the agent API's PodConfig
+	// ({"proxyUID":2102,"skipOutboundPorts":["25"],...}). Without it (a pod
+	// injected by hand) the agent reads the config annotations over its
+	// own defaults.
+	AnnotationSteering = "sluice.io/steering"
 )
 
 // Containers the injector adds.

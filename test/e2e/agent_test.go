@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sluice-mesh/sluice/agent/api"
+	"github.com/sluice-mesh/sluice/internal/meshmeta"
 )
 
 // TestAgentEnrollsPods: the node agent of the chart's DaemonSet enrolls a
@@ -40,6 +43,14 @@ func TestAgentEnrollsPods(t *testing.T) {
 	})
 	if en.Pod.Namespace != ns || en.Pod.Name != pod.Name || en.Mode != api.ModeEBPF || !en.InboundListener {
 		t.Errorf("enrollment %+v", en)
+	}
+	// The agent steers what the injector resolved for the pod.
+	var steering api.PodConfig
+	if err := json.Unmarshal([]byte(pod.Annotations[meshmeta.AnnotationSteering]), &steering); err != nil {
+		t.Fatalf("the injected pod's %s: %v", meshmeta.AnnotationSteering, err)
+	}
+	if got, want := en.Config.WithDefaults(), steering.WithDefaults(); !reflect.DeepEqual(got, want) {
+		t.Errorf("enrolled with %+v, want the pod's %s %+v", got, meshmeta.AnnotationSteering, want)
 	}
 	want := map[netip.Addr]bool{}
 	for _, ip := range pod.Status.PodIPs {

@@ -23,7 +23,12 @@ func TestInheritedLock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unlock()
+	unlocked := false
+	defer func() {
+		if !unlocked {
+			unlock()
+		}
+	}()
 
 	// The lock is held through another open file description, as a parent's.
 	held, err := os.OpenFile(LockPath, os.O_RDWR, 0)
@@ -51,6 +56,7 @@ func TestInheritedLock(t *testing.T) {
 
 	// Now hand over: release ours, lock through held, and inherit it.
 	unlock()
+	unlocked = true
 	if err := syscall.Flock(int(held.Fd()), syscall.LOCK_EX); err != nil {
 		t.Fatal(err)
 	}
@@ -69,5 +75,4 @@ func TestInheritedLock(t *testing.T) {
 	if err := syscall.Flock(int(probe.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
 		t.Error("the inherited lock was released by its child")
 	}
-	unlock = func() {}
 }
