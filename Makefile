@@ -7,7 +7,7 @@ CLUSTER := test/cluster
 STATICCHECK = $(shell $(GO) tool -n staticcheck)
 FUZZTIME ?= 100000x
 
-.PHONY: help deps generate check-generate build test test-cluster fuzz test-unit bench bench-steering lint demo cluster-up cluster-down clean
+.PHONY: help deps generate check-generate build test test-cluster fuzz test-unit bench bench-steering bench-proxy bench-destination lint demo cluster-up cluster-down clean
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ bench: deps ## The mesh benchmark: no mesh, Sluice (iptables, eBPF, eBPF+sk_msg)
 
 bench-steering: deps build ## Benchmark connect(), latency and throughput: none, iptables, eBPF, eBPF+sk_msg.
 	$(GO) test -count=1 -timeout 30m -run '^$$' -bench . -benchtime 1x ./test/bench/steering/ -args -report
+
+bench-destination: deps ## Destination update propagation (API server -> proxy) with 1000 and 5000 endpoints; writes docs/destination-benchmark.md.
+	$(GO) test -count=1 -timeout 30m -run '^$$' -bench . -benchtime 1x ./test/bench/destination/ -args -report
 
 bench-proxy: deps ## Benchmark sluice-proxy against nginx: added latency at 1000 req/s, req/s per core, RSS.
 	$(GO) test -count=1 -timeout 30m -run '^$$' -bench . -benchtime 1x ./test/bench/proxy/ -args -report

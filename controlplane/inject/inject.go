@@ -197,6 +197,9 @@ func (in Injector) Inject(t *corev1.PodTemplateSpec, w Workload) (*corev1.PodTem
 		return nil, err
 	}
 	identity := v.IdentityEnabled()
+	if err := checkNames(&out.Spec); err != nil {
+		return nil, err
+	}
 
 	var front []corev1.Container
 	if cfg.Mode == meshmeta.ModeIPTables {
@@ -255,6 +258,24 @@ func (in Injector) Inject(t *corev1.PodTemplateSpec, w Workload) (*corev1.PodTem
 	}
 	out.Annotations[meshmeta.AnnotationSteering] = string(steering)
 	return out, nil
+}
+
+// checkNames refuses a pod that already has a container or volume with a
+// name that injection adds: the result would be an invalid pod (or one
+// whose own volume the proxy would shadow).
+func checkNames(spec *corev1.PodSpec) error {
+	for _, c := range append(append([]corev1.Container{}, spec.InitContainers...), spec.Containers...) {
+		if c.Name == meshmeta.InitContainerName {
+			return fmt.Errorf("the pod already has a container named %q, which injection adds; rename it, or opt out with %s: %s", c.Name, meshmeta.AnnotationInject, meshmeta.InjectDisabled)
+		}
+	}
+	for _, vol := range spec.Volumes {
+		switch vol.Name {
+		case XtablesLockVolume, IdentityDirVolume, TokenVolume:
+			return fmt.Errorf("the pod already has a volume named %q, which injection adds; rename it, or opt out with %s: %s", vol.Name, meshmeta.AnnotationInject, meshmeta.InjectDisabled)
+		}
+	}
+	return nil
 }
 
 // proxyContainer is the sluice-proxy native sidecar.

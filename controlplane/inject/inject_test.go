@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -370,6 +371,31 @@ func TestInjectHostNetwork(t *testing.T) {
 	tmpl.Spec.HostNetwork = true
 	if _, err := (Injector{Values: DefaultValues()}).Inject(tmpl, Workload{}); !errors.Is(err, ErrHostNetwork) {
 		t.Fatalf("error %v, want ErrHostNetwork", err)
+	}
+}
+
+// TestInjectNameConflicts: a pod that already uses a name injection adds
+// is refused with an error naming it, not turned into an invalid pod.
+func TestInjectNameConflicts(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		modify func(*corev1.PodSpec)
+	}{
+		{TokenVolume, func(s *corev1.PodSpec) { s.Volumes = append(s.Volumes, corev1.Volume{Name: TokenVolume}) }},
+		{IdentityDirVolume, func(s *corev1.PodSpec) { s.Volumes = append(s.Volumes, corev1.Volume{Name: IdentityDirVolume}) }},
+		{XtablesLockVolume, func(s *corev1.PodSpec) { s.Volumes = append(s.Volumes, corev1.Volume{Name: XtablesLockVolume}) }},
+		{meshmeta.InitContainerName, func(s *corev1.PodSpec) {
+			s.InitContainers = append(s.InitContainers, corev1.Container{Name: meshmeta.InitContainerName, Image: "x"})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tmpl := webTemplate()
+			tc.modify(&tmpl.Spec)
+			_, err := (Injector{Values: testValues(t, meshmeta.ModeEBPF)}).Inject(tmpl, Workload{})
+			if err == nil || !strings.Contains(err.Error(), strconv.Quote(tc.name)) || !strings.Contains(err.Error(), "opt out") {
+				t.Fatalf("Inject = %v, want an error naming %q and how to opt out", err, tc.name)
+			}
+		})
 	}
 }
 

@@ -187,7 +187,9 @@ func (s *suite) tokenPod(t *testing.T, c context.Context, ns, name string) *core
 		t.Fatal(err)
 	}
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
+		// Not meshed: the pod stands for a proxy itself (and the injector
+		// would refuse its sluice-identity-token volume as a conflict).
+		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{meshmeta.AnnotationInject: meshmeta.InjectDisabled}},
 		Spec: corev1.PodSpec{
 			ServiceAccountName:            name,
 			TerminationGracePeriodSeconds: ptr.To[int64](1),

@@ -102,6 +102,14 @@ func TestInjector(t *testing.T) {
 			}
 		}
 	})
+	t.Run("name conflict", func(t *testing.T) {
+		p := bareEchoPod("conflict")
+		p.Spec.Volumes = []corev1.Volume{{Name: "sluice-identity-token", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+		_, err := s.cluster.Client.CoreV1().Pods(ns).Create(c, p, metav1.CreateOptions{})
+		if err == nil || !strings.Contains(err.Error(), `"sluice-identity-token"`) {
+			t.Fatalf("create a pod with its own sluice-identity-token volume: %v, want a refusal naming the volume", err)
+		}
+	})
 	t.Run("bad annotation", func(t *testing.T) {
 		p := bareEchoPod("bad-annotation")
 		p.Annotations = map[string]string{meshmeta.AnnotationSkipInboundPorts: "80-70000"}

@@ -48,14 +48,15 @@ const (
 // suite is the cluster with Sluice installed, shared by every test of the
 // package; the first test that needs it brings it up.
 type suite struct {
-	once    sync.Once
-	upErr   error
-	cluster *kube.Cluster
-	objects []*unstructured.Unstructured // the installed chart
-	applier *apply.Applier
-	binDir  string // where build put the programs
-	agent   string // the sluice-agent program (for uninstall)
-	meshctl string // the meshctl program
+	once       sync.Once
+	upErr      error
+	cluster    *kube.Cluster
+	objects    []*unstructured.Unstructured // the installed chart
+	applier    *apply.Applier
+	binDir     string // where build put the programs
+	agent      string // the sluice-agent program (for uninstall)
+	controller string // the sluice-controller program
+	meshctl    string // the meshctl program
 }
 
 var env = &suite{}
@@ -95,6 +96,7 @@ func (s *suite) up(t *testing.T) error {
 		return err
 	}
 	s.agent = programs["sluice-agent"]
+	s.controller = programs["sluice-controller"]
 	s.meshctl = programs["meshctl"]
 	c, err := kube.Up(ctx, os.Stderr)
 	if err != nil {
@@ -129,7 +131,9 @@ func (s *suite) up(t *testing.T) error {
 	if err := s.applier.Apply(ctx, s.objects); err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
-	if err := s.waitInstalled(ctx); err != nil {
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Minute) // hang guard: ready in ~30 s here
+	defer wcancel()
+	if err := s.waitInstalled(wctx); err != nil {
 		return fmt.Errorf("install: %w\n%s", err, s.describe(cpNamespace))
 	}
 	fmt.Fprintf(os.Stderr, "e2e: Sluice installed and ready in %s\n", time.Since(start).Round(100*time.Millisecond))

@@ -79,5 +79,9 @@ func inheritedLock(v string) (func(), error) {
 	if err := syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		return nil, fmt.Errorf("lock cluster: %s=%d does not hold %s (another process does): %w", LockFDEnv, fd, LockPath, err)
 	}
+	// An inherited descriptor is not close-on-exec: without this, every
+	// daemon Up starts would inherit the lock and hold it after its parent
+	// is gone, and the next Down would wait for the daemons it is to stop.
+	syscall.CloseOnExec(fd)
 	return func() {}, nil
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/sluice-mesh/sluice/test/cluster/internal/testenv"
 )
 
@@ -64,6 +66,10 @@ func TestInheritedLock(t *testing.T) {
 	release, err := LockMachine(ctx)
 	if err != nil {
 		t.Fatalf("LockMachine with the held descriptor: %v", err)
+	}
+	// The daemons Up starts must not inherit it.
+	if flags, err := unix.FcntlInt(held.Fd(), unix.F_GETFD, 0); err != nil || flags&unix.FD_CLOEXEC == 0 {
+		t.Errorf("the inherited lock descriptor is not close-on-exec (flags %#x, %v): daemons would hold the lock", flags, err)
 	}
 	release()
 	// release left the parent's lock in place: a fresh open cannot take it.

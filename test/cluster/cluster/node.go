@@ -96,6 +96,19 @@ func (n node) setupLink() error {
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set %s up: %w", n.name, err)
 	}
+	// The Service range is routed to the node's own link, where nothing
+	// answers. kube-proxy translates a ClusterIP only once its rules for the
+	// Service exist; until then (a few hundred milliseconds after a Service
+	// is created) a connection to it would otherwise leave by the default
+	// route, and on this machine the network beyond answers any TLS port:
+	// the API server's aggregator once kept such a connection to a
+	// stranger for a new APIService and got 404s from it for good. Routed
+	// here, that early connection fails instead, and is retried.
+	svc := &net.IPNet{IP: ServiceCIDR.Addr().AsSlice(), Mask: net.CIDRMask(ServiceCIDR.Bits(), ServiceCIDR.Addr().BitLen())}
+	route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: svc, Scope: netlink.SCOPE_LINK, Src: n.ipv4.AsSlice()}
+	if err := netlink.RouteReplace(route); err != nil {
+		return fmt.Errorf("route %s to %s: %w", ServiceCIDR, n.name, err)
+	}
 	return nil
 }
 
