@@ -80,7 +80,7 @@ func TestBadInput(t *testing.T) {
 			t.Errorf("a malformed tap request: HTTP %d, %v; want 400 with a message", code, err)
 		}
 		res = rc.Post().AbsPath("/apis/tap.sluice.io/v1alpha1/watch/namespaces", ns, "gadgets", "web", "tap").
-			SetHeader("Content-Type", "application/json").Body([]byte(`{"target": {"namespace": "`+ns+`", "type": "gadget", "name": "web"}}`)).Do(c)
+			SetHeader("Content-Type", "application/json").Body([]byte(`{"target": {"namespace": "` + ns + `", "type": "gadget", "name": "web"}}`)).Do(c)
 		if err := res.Error(); !apierrors.IsNotFound(err) {
 			t.Errorf("tap of an unknown resource type: %v, want 404", err)
 		}
