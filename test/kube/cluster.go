@@ -122,6 +122,7 @@ func (c *Cluster) Down(ctx context.Context) error {
 	defer os.Remove(c.cli)
 	defer c.lock.Close()
 	if !c.started {
+		fmt.Fprintln(c.out, "kube: the cluster ran before these tests: leaving it up")
 		return nil
 	}
 	if os.Getenv(KeepEnv) == "1" {
