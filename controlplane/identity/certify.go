@@ -14,8 +14,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/sluice-mesh/sluice/controlplane/api/identity"
-	"github.com/sluice-mesh/sluice/controlplane/identity/pki"
 	"github.com/sluice-mesh/sluice/internal/meshmeta"
+	"github.com/sluice-mesh/sluice/internal/pki"
 )
 
 var _ pb.IdentityServer = (*Service)(nil)

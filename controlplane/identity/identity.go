@@ -29,8 +29,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	pb "github.com/sluice-mesh/sluice/controlplane/api/identity"
-	"github.com/sluice-mesh/sluice/controlplane/identity/pki"
 	"github.com/sluice-mesh/sluice/internal/meshmeta"
+	"github.com/sluice-mesh/sluice/internal/pki"
 )
 
 // Where the issuer and the trust anchors come from in a cluster, and where

@@ -31,8 +31,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/sluice-mesh/sluice/controlplane/api/identity"
-	"github.com/sluice-mesh/sluice/controlplane/identity/pki"
 	"github.com/sluice-mesh/sluice/internal/meshmeta"
+	"github.com/sluice-mesh/sluice/internal/pki"
 )
 
 // testNow is the tests' fixed "now", whole seconds as certificates hold.

@@ -6,7 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/sluice-mesh/sluice/controlplane/identity/pki"
+	"github.com/sluice-mesh/sluice/internal/pki"
 )
 
 // Outcomes of Certify, the values of identity_certify_requests_total's

@@ -9,7 +9,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/sluice-mesh/sluice/controlplane/identity/pki"
+	"github.com/sluice-mesh/sluice/internal/pki"
 )
 
 // errFilesChanging says the files changed while they were read.

@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/sluice-mesh/sluice/controlplane/api/identity"
-	"github.com/sluice-mesh/sluice/controlplane/identity/pki"
+	"github.com/sluice-mesh/sluice/internal/pki"
 )
 
 // testLogger logs to the test's log.

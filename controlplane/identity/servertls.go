@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sluice-mesh/sluice/controlplane/identity/pki"
+	"github.com/sluice-mesh/sluice/internal/pki"
 )
 
 // renewFraction is how far into its life the server's own certificate is

@@ -22,9 +22,9 @@ import (
 	destpb "github.com/sluice-mesh/sluice/controlplane/api/destination"
 	identitypb "github.com/sluice-mesh/sluice/controlplane/api/identity"
 	tappb "github.com/sluice-mesh/sluice/controlplane/api/tap"
-	"github.com/sluice-mesh/sluice/controlplane/identity/pki"
 	"github.com/sluice-mesh/sluice/controlplane/tap/tapclient"
 	"github.com/sluice-mesh/sluice/internal/meshmeta"
+	"github.com/sluice-mesh/sluice/internal/pki"
 )
 
 // TestBadInput: malformed authorities, unknown ports, huge and malformed

@@ -29,8 +29,8 @@ import (
 
 	identitypb "github.com/sluice-mesh/sluice/controlplane/api/identity"
 	"github.com/sluice-mesh/sluice/controlplane/identity"
-	"github.com/sluice-mesh/sluice/controlplane/identity/pki"
 	"github.com/sluice-mesh/sluice/internal/meshmeta"
+	"github.com/sluice-mesh/sluice/internal/pki"
 )
 
 // tokenVolume is the projected service-account token volume of the test
