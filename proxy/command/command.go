@@ -30,7 +30,10 @@ func New(lookup func(string) (string, bool)) *cobra.Command {
 		Long: `sluice-proxy is the sidecar proxy of the Sluice service mesh. The node agent
 steers the pod's connections into it; it detects HTTP/1, HTTP/2 and opaque TCP,
 routes requests through the destination service, balances them, and exports
-Linkerd-compatible metrics on the admin port.
+Linkerd-compatible metrics on the admin port. With an identity (the
+SLUICE_PROXY_IDENTITY_* variables) it obtains a certificate from the identity
+service and talks mutual TLS with the other meshed proxies; /ready then waits
+for the first certificate.
 
 It takes no flags: every setting is an environment variable.
 

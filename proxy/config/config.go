@@ -4,14 +4,19 @@
 package config
 
 import (
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sluice-mesh/sluice/internal/meshmeta"
+	"github.com/sluice-mesh/sluice/internal/pki"
 )
 
 // Config is the proxy's configuration.
@@ -45,6 +50,47 @@ type Config struct {
 
 	LogLevel  slog.Level
 	LogFormat string // "json" or "text"
+
+	// Identity is the mutual-TLS identity; its zero value (no
+	// SLUICE_PROXY_IDENTITY_* set) disables identity: plaintext between
+	// proxies, as without a control plane.
+	Identity Identity
+}
+
+// Identity configures the proxy's TLS identity: the certificate it
+// obtains from the identity service and presents to its peers.
+type Identity struct {
+	// LocalName is the proxy's identity, in meshmeta.IdentityName form;
+	// "" means identity is disabled.
+	LocalName string
+	// TrustDomain ends LocalName (cluster.local); derived from it.
+	TrustDomain string
+	// SvcAddr is the identity service's host:port (gRPC over TLS).
+	SvcAddr string
+	// SvcName is the identity service's own TLS identity, which its
+	// certificate must carry.
+	SvcName string
+	// TrustAnchorsPEM is the PEM bundle every peer's (and the identity
+	// service's) chain must end at; TrustAnchors is it parsed.
+	TrustAnchorsPEM []byte
+	TrustAnchors    []*x509.Certificate
+	// TokenFile holds the projected service-account token (audience
+	// meshmeta.IdentityAudience); it is read anew for every request.
+	TokenFile string
+	// Dir, when set, is where the current certificate chain is written
+	// (certificate.crt) for debugging; the private key never leaves memory.
+	Dir string
+	// BackoffMin and BackoffMax bound the jittered, doubling delay between
+	// failed certificate requests.
+	BackoffMin, BackoffMax time.Duration
+}
+
+// Enabled reports whether the proxy has an identity.
+func (i Identity) Enabled() bool { return i.LocalName != "" }
+
+// identityRequired are the variables identity needs: all of them, or none.
+var identityRequired = []string{
+	"IDENTITY_LOCAL_NAME", "IDENTITY_SVC_ADDR", "IDENTITY_SVC_NAME", "IDENTITY_TRUST_ANCHORS", "IDENTITY_TOKEN_FILE",
 }
 
 // Var is one environment variable the proxy reads.
@@ -148,6 +194,63 @@ func Vars() []Var {
 			}
 			return nil
 		}},
+		{"IDENTITY_LOCAL_NAME", "", "this proxy's TLS identity, <serviceaccount>.<namespace>.serviceaccount.identity.sluice.<trust-domain>; " +
+			"the IDENTITY_* variables (but DIR and BACKOFF_*) are all set or all empty; empty: identity disabled, plaintext between proxies", func(c *Config, v string) error {
+			if v == "" {
+				return nil
+			}
+			td, err := IdentityTrustDomain(v)
+			if err != nil {
+				return err
+			}
+			c.Identity.LocalName, c.Identity.TrustDomain = v, td
+			return nil
+		}},
+		{"IDENTITY_SVC_ADDR", "", "identity service host:port (gRPC over TLS)", func(c *Config, v string) error {
+			if v == "" {
+				return nil
+			}
+			host, port, err := net.SplitHostPort(v)
+			if err != nil {
+				return fmt.Errorf("want host:port: %w", err)
+			}
+			if _, err := strconv.ParseUint(port, 10, 16); err != nil || host == "" {
+				return fmt.Errorf("want host:port with a numeric port, got %q", v)
+			}
+			c.Identity.SvcAddr = v
+			return nil
+		}},
+		{"IDENTITY_SVC_NAME", "", "the identity service's TLS identity, checked against the trust anchors", func(c *Config, v string) error {
+			if v == "" {
+				return nil
+			}
+			if err := dnsName(v); err != nil {
+				return err
+			}
+			c.Identity.SvcName = v
+			return nil
+		}},
+		{"IDENTITY_TRUST_ANCHORS", "", "PEM trust anchors: every peer's certificate and the identity service's must chain to one", func(c *Config, v string) error {
+			if v == "" {
+				return nil
+			}
+			certs, err := pki.ParseCertificates([]byte(v))
+			if err != nil {
+				return err
+			}
+			c.Identity.TrustAnchorsPEM, c.Identity.TrustAnchors = []byte(v), certs
+			return nil
+		}},
+		{"IDENTITY_TOKEN_FILE", "", "file of the projected service-account token (audience " + meshmeta.IdentityAudience + "), re-read at every certificate request", func(c *Config, v string) error {
+			c.Identity.TokenFile = v
+			return nil
+		}},
+		{"IDENTITY_DIR", "", "directory where the current certificate chain is written as certificate.crt, for debugging (never the key); empty: nothing written", func(c *Config, v string) error {
+			c.Identity.Dir = v
+			return nil
+		}},
+		{"IDENTITY_BACKOFF_MIN", "500ms", "first delay after a failed certificate request (delays double, with jitter)", dur(func(c *Config) *time.Duration { return &c.Identity.BackoffMin }, true)},
+		{"IDENTITY_BACKOFF_MAX", "10s", "longest delay between certificate requests while they fail (they never stop)", dur(func(c *Config) *time.Duration { return &c.Identity.BackoffMax }, true)},
 		{"LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config, v string) error {
 			return c.LogLevel.UnmarshalText([]byte(v))
 		}},
@@ -168,18 +271,27 @@ func Vars() []Var {
 func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	var c Config
 	var errs []error
+	set := map[string]bool{} // variables set to a non-empty value
 	for _, v := range Vars() {
 		val, ok := lookup(Prefix + v.Name)
 		val = strings.TrimSpace(val)
 		if !ok || (val == "" && !emptyAllowed(v.Name)) {
 			val = v.Default
 		}
+		set[v.Name] = ok && val != ""
 		if err := v.set(&c, val); err != nil {
-			errs = append(errs, fmt.Errorf("%s%s=%q: %w", Prefix, v.Name, val, err))
+			shown := val
+			if len(shown) > 80 {
+				shown = shown[:80] + "..."
+			}
+			errs = append(errs, fmt.Errorf("%s%s=%q: %w", Prefix, v.Name, shown, err))
 		}
 	}
 	if len(errs) > 0 {
 		return Config{}, errors.Join(errs...)
+	}
+	if err := checkIdentitySet(set); err != nil {
+		return Config{}, err
 	}
 	if c.DestinationCtx == "" {
 		b, _ := json.Marshal(map[string]string{"ns": c.Namespace})
@@ -188,7 +300,71 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	if c.BackoffMax < c.BackoffMin {
 		return Config{}, fmt.Errorf("%sFAILURE_ACCRUAL_BACKOFF_MAX (%v) is below _MIN (%v)", Prefix, c.BackoffMax, c.BackoffMin)
 	}
+	if c.Identity.BackoffMax < c.Identity.BackoffMin {
+		return Config{}, fmt.Errorf("%sIDENTITY_BACKOFF_MAX (%v) is below _MIN (%v)", Prefix, c.Identity.BackoffMax, c.Identity.BackoffMin)
+	}
 	return c, nil
+}
+
+// checkIdentitySet enforces all-or-nothing on the identity variables: some
+// set (IDENTITY_DIR counts) but not all is an error naming the missing ones.
+func checkIdentitySet(set map[string]bool) error {
+	var have, missing []string
+	for _, name := range identityRequired {
+		if set[name] {
+			have = append(have, Prefix+name)
+		} else {
+			missing = append(missing, Prefix+name)
+		}
+	}
+	if set["IDENTITY_DIR"] {
+		have = append(have, Prefix+"IDENTITY_DIR")
+	}
+	if len(have) > 0 && len(missing) > 0 {
+		return fmt.Errorf("identity is half configured: %s set but %s missing (set all of %s, or none to disable identity)",
+			strings.Join(have, ", "), strings.Join(missing, ", "), strings.Join(identityRequired, ", "))
+	}
+	return nil
+}
+
+// IdentityTrustDomain checks that name is a well-formed identity name,
+// <serviceaccount>.<namespace>.serviceaccount.identity.sluice.<trust-domain>
+// (meshmeta.IdentityName), and returns its trust domain.
+func IdentityTrustDomain(name string) (string, error) {
+	if err := dnsName(name); err != nil {
+		return "", err
+	}
+	// Service-account and namespace names hold no dots: the trust domain
+	// is what follows the fifth label.
+	labels := strings.Split(name, ".")
+	if len(labels) < 6 {
+		return "", fmt.Errorf("identity %q is not <serviceaccount>.<namespace>.serviceaccount.identity.sluice.<trust-domain>", name)
+	}
+	td := strings.Join(labels[5:], ".")
+	if _, _, err := meshmeta.ParseIdentityName(name, td); err != nil {
+		return "", err
+	}
+	return td, nil
+}
+
+// dnsName checks that s is a DNS name: dot-separated labels of 1 to 63
+// lowercase letters, digits and hyphens, not starting or ending with a
+// hyphen, 253 characters at most.
+func dnsName(s string) error {
+	if len(s) > 253 {
+		return fmt.Errorf("%q is longer than 253 characters", s)
+	}
+	for _, l := range strings.Split(s, ".") {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return fmt.Errorf("%q is not a DNS name (label %q)", s, l)
+		}
+		for _, r := range l {
+			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+				return fmt.Errorf("%q is not a lowercase DNS name (character %q)", s, r)
+			}
+		}
+	}
+	return nil
 }
 
 func emptyAllowed(name string) bool {
@@ -196,7 +372,7 @@ func emptyAllowed(name string) bool {
 	case "TAP_LISTEN_ADDR", "DESTINATION_ADDR", "OPAQUE_PORTS", "DESTINATION_CONTEXT":
 		return true
 	}
-	return false
+	return strings.HasPrefix(name, "IDENTITY_") && !strings.HasPrefix(name, "IDENTITY_BACKOFF_")
 }
 
 // Usage renders the variables as the table --help prints.

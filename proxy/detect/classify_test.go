@@ -48,7 +48,13 @@ func TestClassify(t *testing.T) {
 		{"preface almost", preface[:len(preface)-1], detect.Opaque, false},
 		{"P", "P", detect.Opaque, false},
 
-		{"TLS ClientHello", string(clientHello), detect.Opaque, true},
+		{"TLS ClientHello", string(clientHello), detect.TLS, true},
+		{"TLS record header", "\x16\x03\x03", detect.TLS, true},
+		{"TLS content type only", "\x16", detect.Opaque, false},
+		{"TLS type and major version", "\x16\x03", detect.Opaque, false},
+		{"TLS with an unknown minor version", "\x16\x03\x05\x00", detect.Opaque, true},
+		{"not a TLS major version", "\x16\x02\x01", detect.Opaque, true},
+		{"TLS alert record", "\x15\x03\x03\x00\x02", detect.Opaque, true},
 		{"binary", "\x00\x01\x02\x03", detect.Opaque, true},
 		{"bare LF", "GET / HTTP/1.1\n", detect.Opaque, true},
 		{"HTTP/1.2", "GET / HTTP/1.2\r\n", detect.Opaque, true},
@@ -80,13 +86,20 @@ func TestClassify(t *testing.T) {
 
 func TestProtocolString(t *testing.T) {
 	for p, want := range map[detect.Protocol]string{
-		detect.Opaque: "opaque", detect.HTTP1: "http/1", detect.HTTP2: "h2", 7: "Protocol(7)",
+		detect.Opaque: "opaque", detect.HTTP1: "http/1", detect.HTTP2: "h2", detect.TLS: "tls", 7: "Protocol(7)",
 	} {
 		if got := p.String(); got != want {
 			t.Errorf("Protocol(%d).String() = %q, want %q", p, got, want)
 		}
 	}
 }
+
+// tlsHeaderRE is an independent statement of what Classify calls TLS; a
+// TLS 1.2 record header is one of them.
+var (
+	tlsHeaderRE = regexp.MustCompile("^\x16\x03[\x00-\x04]")
+	tlsHeader   = "\x16\x03\x03"
+)
 
 // requestLineRE is an independent statement of what Classify calls HTTP/1.
 var requestLineRE = regexp.MustCompile("^[!#$%&'*+\\-.^_`|~0-9A-Za-z]+ [\\x21-\\x7e]+ HTTP/1\\.[01]\r\n")
@@ -103,6 +116,9 @@ func completions(b []byte) [][]byte {
 	}
 	if len(b) < len(preface) {
 		out = append(out, append(bytes.Clone(b), preface[len(b):]...))
+	}
+	if len(b) < len(tlsHeader) {
+		out = append(out, append(bytes.Clone(b), tlsHeader[len(b):]...))
 	}
 	return out
 }
@@ -126,13 +142,16 @@ func FuzzClassify(f *testing.F) {
 		head := b[:min(len(b), detect.MaxPeek)]
 		isH2 := bytes.HasPrefix(head, []byte(preface))
 		isH1 := requestLineRE.Match(head)
+		isTLS := tlsHeaderRE.Match(head)
 		switch {
+		case isTLS && (p != detect.TLS || !final):
+			t.Fatalf("starts with a TLS record header but Classify = %v, %v", p, final)
 		case isH2 && (p != detect.HTTP2 || !final):
 			t.Fatalf("starts with the preface but Classify = %v, %v", p, final)
 		case isH1 && (p != detect.HTTP1 || !final):
 			t.Fatalf("starts with a request line but Classify = %v, %v", p, final)
-		case !isH1 && !isH2 && p != detect.Opaque:
-			t.Fatalf("neither preface nor request line but Classify = %v", p)
+		case !isH1 && !isH2 && !isTLS && p != detect.Opaque:
+			t.Fatalf("neither preface, request line nor TLS record but Classify = %v", p)
 		}
 		// Consistency: a final answer for a prefix holds for the whole
 		// (prefixes longer than MaxPeek all look the same).
@@ -141,7 +160,7 @@ func FuzzClassify(f *testing.F) {
 				t.Fatalf("Classify(b[:%d]) = %v (final) but Classify(b) = %v", i, q, p)
 			}
 		}
-		// Not final means some continuation within MaxPeek is HTTP.
+		// Not final means some continuation within MaxPeek is HTTP or TLS.
 		if !final {
 			ok := false
 			for _, c := range completions(b) {

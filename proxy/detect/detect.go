@@ -1,7 +1,8 @@
 // Package detect tells, from a connection's first bytes, whether it carries
-// HTTP/2 (the client connection preface), HTTP/1 (a request line) or anything
-// else, which the proxy then carries as opaque TCP; and Conn replays the bytes
-// that detection read.
+// HTTP/2 (the client connection preface), HTTP/1 (a request line), TLS (a
+// handshake record, as a ClientHello starts) or anything else, which the
+// proxy then carries as opaque TCP; and Conn replays the bytes that
+// detection read.
 package detect
 
 import (
@@ -26,9 +27,13 @@ const (
 	HTTP1
 	// HTTP2 is HTTP/2 with prior knowledge (h2c): the client preface first.
 	HTTP2
+	// TLS is a TLS handshake record (as a ClientHello starts): the proxy
+	// terminates it when it is for the proxy's identity and otherwise
+	// carries it as opaque TCP.
+	TLS
 )
 
-// String returns "opaque", "http/1" or "h2".
+// String returns "opaque", "http/1", "h2" or "tls".
 func (p Protocol) String() string {
 	switch p {
 	case Opaque:
@@ -37,6 +42,8 @@ func (p Protocol) String() string {
 		return "http/1"
 	case HTTP2:
 		return "h2"
+	case TLS:
+		return "tls"
 	}
 	return "Protocol(" + strconv.Itoa(int(p)) + ")"
 }
@@ -48,19 +55,27 @@ const MaxPeek = 1024
 // h2Preface is the HTTP/2 client connection preface (RFC 9113, section 3.4).
 const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-// Classify decides from the first bytes b of a connection: HTTP2 if b starts
+// Classify decides from the first bytes b of a connection: TLS if b starts
+// with a TLS handshake record header (content type 22, then a record version
+// 3.0 to 3.4: 0x16 0x03 0x00-0x04); HTTP2 if b starts
 // with the full client preface "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"; HTTP1 if b
 // starts with a well-formed HTTP/1.x request line (RFC 9112 section 3: a token
 // method, SP, a request-target of visible ASCII, SP, "HTTP/1.0" or "HTTP/1.1",
 // CRLF) within MaxPeek bytes; Opaque when b cannot become either. final is
-// false when b is a proper prefix of a possible HTTP/1 or HTTP/2 start that can
-// still complete within MaxPeek bytes: read more and ask again. The protocol
+// false when b is a proper prefix of a possible TLS, HTTP/1 or HTTP/2 start that
+// can still complete within MaxPeek bytes: read more and ask again. The protocol
 // is Opaque whenever final is false. Only b[:MaxPeek] is looked at, so final
 // is true once len(b) >= MaxPeek, and a final answer for b is the answer for
 // every b+more.
 func Classify(b []byte) (p Protocol, final bool) {
 	if len(b) > MaxPeek {
 		b = b[:MaxPeek]
+	}
+	switch tls, final := classifyTLS(b); {
+	case tls:
+		return TLS, true
+	case !final:
+		return Opaque, false
 	}
 	h2 := false // b is a proper prefix of the preface
 	if len(b) >= len(h2Preface) {
@@ -78,6 +93,24 @@ func Classify(b []byte) (p Protocol, final bool) {
 		return Opaque, false
 	}
 	return Opaque, true
+}
+
+// classifyTLS tells whether b starts with a TLS handshake record header:
+// tls when it does, final false when b is a proper prefix of one.
+func classifyTLS(b []byte) (tls, final bool) {
+	switch {
+	case len(b) == 0:
+		return false, true // nothing yet: the other classifiers decide
+	case b[0] != 0x16:
+		return false, true
+	case len(b) == 1:
+		return false, false
+	case b[1] != 0x03:
+		return false, true
+	case len(b) == 2:
+		return false, false
+	}
+	return b[2] <= 0x04, true
 }
 
 // requestLine checks whether b starts with an HTTP/1.x request line. If not,
@@ -147,6 +180,27 @@ func isVchar(c byte) bool { return 0x21 <= c && c <= 0x7e }
 // clears c's read deadline before returning, so it never blocks past timeout
 // and leaves no deadline behind.
 func Detect(c net.Conn, timeout time.Duration) (Protocol, *Conn, error) {
+	return detect(c, timeout, Classify)
+}
+
+// DetectTLS is Detect for a connection that is either TLS or opaque, such as
+// one to an opaque port: it reads only until the first bytes tell whether a
+// TLS handshake record starts (three bytes, or fewer that cannot start one)
+// and answers TLS or Opaque, with Detect's handling of timeouts and errors.
+func DetectTLS(c net.Conn, timeout time.Duration) (Protocol, *Conn, error) {
+	return detect(c, timeout, func(b []byte) (Protocol, bool) {
+		if len(b) == 0 {
+			return Opaque, false
+		}
+		tls, final := classifyTLS(b)
+		if tls {
+			return TLS, true
+		}
+		return Opaque, final
+	})
+}
+
+func detect(c net.Conn, timeout time.Duration, classify func([]byte) (Protocol, bool)) (Protocol, *Conn, error) {
 	deadline := time.Time{}
 	if timeout > 0 {
 		deadline = time.Now().Add(timeout)
@@ -160,7 +214,7 @@ func Detect(c net.Conn, timeout time.Duration) (Protocol, *Conn, error) {
 	for {
 		k, err := c.Read(buf[n:])
 		n += k
-		if p, final := Classify(buf[:n]); final {
+		if p, final := classify(buf[:n]); final {
 			return p, NewConn(c, buf[:n:n]), nil
 		}
 		if err == nil {

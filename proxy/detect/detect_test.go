@@ -55,7 +55,8 @@ func TestDetect(t *testing.T) {
 		{name: "GET in pieces", chunks: []string{"GE", "T /x HT", "TP/1.1\r", "\nHost: a\r\n\r\n"}, want: detect.HTTP1},
 		{name: "h2 preface split", chunks: []string{"PRI * HTTP/2.0\r\n", "\r\nSM\r\n\r\n", "\x00\x00\x00\x04\x00\x00\x00\x00\x00"}, want: detect.HTTP2},
 		{name: "h2 preface byte by byte", chunks: []string{preface + "\x00\x00\x12\x04"}, oneByte: true, want: detect.HTTP2, peeked: preface},
-		{name: "TLS", chunks: []string{string(clientHello)}, want: detect.Opaque, peeked: string(clientHello)},
+		{name: "TLS", chunks: []string{string(clientHello)}, want: detect.TLS, peeked: string(clientHello)},
+		{name: "TLS byte by byte", chunks: []string{string(clientHello)}, oneByte: true, want: detect.TLS, peeked: string(clientHello[:3])},
 		{name: "binary byte by byte", chunks: []string{"\x00\xffrest"}, oneByte: true, want: detect.Opaque, peeked: "\x00"},
 		{name: "partial line then EOF", chunks: []string{"GET / HT"}, closeW: true, want: detect.Opaque, peeked: "GET / HT"},
 		{name: "partial line then silence", chunks: []string{"GET / HT"}, want: detect.Opaque, peeked: "GET / HT"},
@@ -216,5 +217,40 @@ func TestConn(t *testing.T) {
 	defer p1.Close()
 	if err := detect.NewConn(p1, nil).CloseWrite(); !errors.Is(err, errors.ErrUnsupported) {
 		t.Errorf("CloseWrite over net.Pipe: %v, want ErrUnsupported", err)
+	}
+}
+
+// TestDetectTLS reads no further than it takes to tell TLS from opaque
+// bytes: a request line that Detect would wait for is opaque at once.
+func TestDetectTLS(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		send    string
+		oneByte bool
+		want    detect.Protocol
+		peeked  string
+	}{
+		{name: "ClientHello", send: string(clientHello), want: detect.TLS, peeked: string(clientHello)},
+		{name: "ClientHello byte by byte", send: string(clientHello), oneByte: true, want: detect.TLS, peeked: string(clientHello[:3])},
+		{name: "partial request line", send: "GET / HT", oneByte: true, want: detect.Opaque, peeked: "G"},
+		{name: "binary", send: "\x16\x02", oneByte: true, want: detect.Opaque, peeked: "\x16\x02"},
+		{name: "nothing: server speaks first", want: detect.Opaque, peeked: ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client, server := netxtest.Pair(t, netx.NewMem(), netip.MustParseAddrPort("10.0.0.1:80"))
+			var in net.Conn = server
+			if tc.oneByte {
+				in = trickle{server}
+			}
+			if tc.send != "" {
+				if _, err := client.Write([]byte(tc.send)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			p, dc, err := detect.DetectTLS(in, detectTimeout)
+			if err != nil || p != tc.want || string(dc.Peeked()) != tc.peeked {
+				t.Errorf("DetectTLS = %v, peeked %q, %v; want %v, %q", p, dc.Peeked(), err, tc.want, tc.peeked)
+			}
+		})
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"syscall"
+
+	"github.com/sluice-mesh/sluice/proxy/mtls"
 )
 
 // Error is an answer the proxy gives instead of an upstream response.
@@ -54,9 +56,22 @@ func upstreamError(ctx context.Context, err error, x *exchange) *Error {
 		addr = x.t.Addr.String()
 	}
 	var op *net.OpError
+	var te *mtls.Error
 	switch {
 	case ctx.Err() != nil:
 		return &Error{Status: 499, Reason: "client canceled", Label: "canceled", Err: err}
+	case errors.As(err, &te) && te.Reason == mtls.ReasonTimeout:
+		return &Error{Status: http.StatusGatewayTimeout, Reason: te.Error() + " (" + addr + ")", Label: "tls_timeout", Err: err}
+	case errors.As(err, &te):
+		// The certificate problem itself, as "tls: server identity
+		// mismatch: want X, got Y".
+		return &Error{Status: http.StatusBadGateway, Reason: te.Error() + " (" + addr + ")", Label: "tls_" + te.Reason, Err: err}
+	case errors.As(err, &op) && op.Op == "remote error":
+		// The peer proxy refused the mutual-TLS handshake after ours
+		// completed (TLS 1.3 clients learn it at their first read), as it
+		// does for a certificate it does not trust.
+		return &Error{Status: http.StatusBadGateway, Reason: "tls: " + addr + " refused the connection: " + op.Err.Error(),
+			Label: "tls_" + mtls.ReasonPeerRefused, Err: err}
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return &Error{Status: http.StatusBadGateway, Reason: "connection refused by " + addr, Label: "connect_refused", Err: err}
 	case errors.As(err, &op) && op.Op == "dial" && op.Timeout(), errors.Is(err, context.DeadlineExceeded):

@@ -3,14 +3,18 @@ package httpproxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	tappb "github.com/sluice-mesh/sluice/controlplane/api/tap"
+	"github.com/sluice-mesh/sluice/proxy/metrics"
 	"github.com/sluice-mesh/sluice/proxy/tap"
 )
 
@@ -26,6 +30,10 @@ type exchange struct {
 	ttfb   time.Duration
 	bytes  uint64
 	ended  bool
+	// refused is the alert with which a peer refused a mutual-TLS
+	// connection that this request opened, seen by the connection's first
+	// read (the h2 transport reports only that the connection failed).
+	refused atomic.Pointer[net.OpError]
 }
 
 type exchangeKey struct{}
@@ -87,14 +95,30 @@ func (x *exchange) tapInfo(r *http.Request) *tap.RequestInfo {
 		// address the application is reached on.
 		dir, dst = tappb.TapEvent_INBOUND, x.ci.OrigDst
 	}
-	labels := make(map[string]string, len(x.t.DstLabels)+1)
+	// Each end's metadata says whether the hop is secured, and the peer's
+	// identity on the side that knows it: the client's (inbound, from its
+	// certificate) or the server's (outbound, from discovery, checked in
+	// the handshake).
+	up := x.upstreamTLS()
+	labels := make(map[string]string, len(x.t.DstLabels)+2)
 	for k, v := range x.t.DstLabels {
 		labels[k] = v
 	}
-	labels["tls"] = x.ci.TLS.Status
+	labels["tls"] = up.Status
+	if up.Status == "true" && up.ServerID != "" {
+		labels["server_id"] = up.ServerID
+	}
+	var src map[string]string
+	if x.ci.Direction == "inbound" {
+		src = map[string]string{"tls": x.ci.TLS.Status}
+		if x.ci.TLS.Status == "true" && x.ci.TLS.ClientID != "" {
+			src["client_id"] = x.ci.TLS.ClientID
+		}
+	}
 	return &tap.RequestInfo{
 		Direction:         dir,
 		Source:            x.ci.Client,
+		SourceLabels:      src,
 		Destination:       dst,
 		DestinationLabels: labels,
 		Method:            r.Method,
@@ -103,6 +127,16 @@ func (x *exchange) tapInfo(r *http.Request) *tap.RequestInfo {
 		Path:              r.URL.Path,
 		Header:            r.Header,
 	}
+}
+
+// upstreamTLS labels the connection to the target: the target's TLS when
+// set (outbound), else the accepted connection's (inbound, to the
+// application).
+func (x *exchange) upstreamTLS() metrics.TLS {
+	if x.t.TLS.Status != "" {
+		return x.t.TLS
+	}
+	return x.ci.TLS
 }
 
 // rewrite turns the incoming request into the outgoing one: same method,
@@ -236,6 +270,11 @@ func (x *exchange) end(grpc int, errLabel string, trailers http.Header) {
 // errorHandler answers a request whose upstream failed before a response.
 func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	x := exchangeFrom(r.Context())
+	if x != nil {
+		if alert := x.refused.Load(); alert != nil {
+			err = fmt.Errorf("%w (%w)", alert, err)
+		}
+	}
 	e := upstreamError(r.Context(), err, x)
 	status, grpc := writeError(w, r, e)
 	if x != nil && !x.ended {

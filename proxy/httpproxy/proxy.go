@@ -16,7 +16,11 @@
 //     (RST_STREAM CANCEL); an upstream reset mid-response resets the
 //     client's stream; Shutdown sends GOAWAY;
 //   - errors become 502, 503 or 504 with a sluice-proxy-error header (gRPC
-//     requests get grpc-status instead, as gRPC clients expect).
+//     requests get grpc-status instead, as gRPC clients expect);
+//   - to a target whose TLS labels say "true", the connection is mutual
+//     TLS (Options.TLS) to the target's server identity, pooled apart from
+//     the plaintext ones; a refused handshake is a 502 whose
+//     sluice-proxy-error names the certificate problem.
 package httpproxy
 
 import (
@@ -61,7 +65,7 @@ type ConnInfo struct {
 	Direction string         // "inbound" or "outbound"
 	Client    netip.AddrPort // the peer
 	OrigDst   netip.AddrPort // where the client was going
-	TLS       metrics.TLS    // labels of the connection's TLS state
+	TLS       metrics.TLS    // labels of the connection's TLS state (inbound: client_id)
 }
 
 // Target is where one request goes.
@@ -71,9 +75,23 @@ type Target struct {
 	OrigProto bool                // set OrigProtoHeader: an HTTP/1 request carried on h2
 	Series    *metrics.HTTPSeries // where the request and response are counted
 	DstLabels map[string]string   // destination labels, for tap
+	// TLS labels the connection to Addr. Status "true" asks for mutual TLS
+	// to TLS.ServerID; the zero value means plaintext, labelled with the
+	// accepted connection's TLS (as inbound connections to the application
+	// are).
+	TLS metrics.TLS
 	// Done, when not nil, is called once with the request's outcome (a
 	// failure is an error or a 5xx), for balancing and failure accrual.
 	Done func(failed bool)
+}
+
+// ServerID returns the identity the connection to the target must be
+// mutual TLS with, or "" for plaintext.
+func (t *Target) ServerID() string {
+	if t.TLS.Status == "true" {
+		return t.TLS.ServerID
+	}
+	return ""
 }
 
 // Router chooses where requests go.
@@ -97,7 +115,10 @@ type Options struct {
 	MaxConcurrentStreams  uint32        // per HTTP/2 connection; 0: 1000
 	Metrics               *metrics.Registry
 	Tap                   *tap.Hub // nil: no tap
-	Logger                *slog.Logger
+	// TLS originates mutual TLS to targets that ask for it; nil: such
+	// targets fail with 502 (a proxy without identity never routes to one).
+	TLS    Originator
+	Logger *slog.Logger
 }
 
 // Proxy serves HTTP connections of one direction.
@@ -107,10 +128,12 @@ type Proxy struct {
 	srv   *http.Server
 	ln    *connQueue
 	rp    *httputil.ReverseProxy
-	h1    *http.Transport
-	h2    *http.Transport
-	serve sync.Once
-	done  chan struct{}
+	plain *transports // plaintext connections
+	// secured holds, per server identity, the transports of mutual-TLS
+	// connections to it (string → *transports).
+	secured sync.Map
+	serve   sync.Once
+	done    chan struct{}
 }
 
 // New returns a Proxy; ServeConn hands it connections.
@@ -139,7 +162,7 @@ func New(o Options) *Proxy {
 		ln:   newConnQueue(),
 		done: make(chan struct{}),
 	}
-	p.h1, p.h2 = p.transports()
+	p.plain = p.newTransports("")
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:   p.rewrite,
 		Transport: roundTripper{p},
@@ -190,8 +213,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		p.srv.Close()
 	}
-	p.h1.CloseIdleConnections()
-	p.h2.CloseIdleConnections()
+	p.closeIdle()
 	return err
 }
 

@@ -2,7 +2,9 @@
 // requests by authority, resolved through the destination service and
 // balanced per request; opaque TCP by original destination, balanced per
 // connection. What discovery does not know goes to the original
-// destination.
+// destination. An endpoint with a TLS identity from discovery is reached
+// over mutual TLS to that identity when the proxy has an identity itself
+// (its TLS labels say so: tls="true", server_id).
 package outbound
 
 import (
@@ -27,6 +29,10 @@ type Options struct {
 	Names     discovery.Names
 	Balance   balance.Options
 	Metrics   *metrics.Registry
+	// LocalIdentity says the proxy has a TLS identity: endpoints with an
+	// identity are then reached over mutual TLS. false: in plaintext,
+	// labelled tls="disabled".
+	LocalIdentity bool
 	// DiscoveryWait bounds how long a request waits for a destination's
 	// first answer before going to its original destination; 0: 3s.
 	DiscoveryWait time.Duration
@@ -80,13 +86,14 @@ func (r *Router) Close() {
 
 // dest is one resolved destination with its balancer.
 type dest struct {
-	path     string
-	watch    *discovery.Watch
-	bal      *balance.Balancer[*endpoint]
-	lastUsed atomic.Int64
-	mu       sync.Mutex
-	version  atomic.Uint64
-	eps      map[netip.AddrPort]*endpoint
+	path          string
+	localIdentity bool
+	watch         *discovery.Watch
+	bal           *balance.Balancer[*endpoint]
+	lastUsed      atomic.Int64
+	mu            sync.Mutex
+	version       atomic.Uint64
+	eps           map[netip.AddrPort]*endpoint
 }
 
 // endpoint is one endpoint of a destination and the series of requests
@@ -115,10 +122,11 @@ func (r *Router) addDest(path string) *dest {
 	d := r.dests[path]
 	if d == nil {
 		d = &dest{
-			path:  path,
-			watch: r.o.Discovery.Watch(path),
-			bal:   balance.New[*endpoint](r.o.Balance),
-			eps:   map[netip.AddrPort]*endpoint{},
+			path:          path,
+			localIdentity: r.o.LocalIdentity,
+			watch:         r.o.Discovery.Watch(path),
+			bal:           balance.New[*endpoint](r.o.Balance),
+			eps:           map[netip.AddrPort]*endpoint{},
 		}
 		r.dests[path] = d
 	}
@@ -163,7 +171,7 @@ func (d *dest) sync(s discovery.Snapshot) {
 	for _, ep := range s.Endpoints {
 		e := d.eps[ep.Addr]
 		if e == nil || !sameEndpoint(e.ep, ep) {
-			e = &endpoint{ep: ep, tls: tlsOf(ep)}
+			e = &endpoint{ep: ep, tls: d.tlsOf(ep)}
 		}
 		next[ep.Addr] = e
 		entries = append(entries, balance.Entry[*endpoint]{Key: ep.Addr, Weight: ep.Weight, Value: e})
@@ -184,14 +192,19 @@ func sameEndpoint(a, b discovery.Endpoint) bool {
 	return true
 }
 
-// tlsOf labels connections to an endpoint. Mutual TLS arrives with its own
-// issue; until then an endpoint with an identity is reached in plaintext,
-// labelled "disabled", and one without as "no_identity".
-func tlsOf(ep discovery.Endpoint) metrics.TLS {
-	if ep.Identity != "" {
+// tlsOf says how an endpoint is reached and labelled: over mutual TLS to
+// its identity (tls="true", server_id) when it has one and the proxy has an
+// identity; in plaintext, labelled tls="disabled" as Linkerd labels a proxy
+// without identity, when only the endpoint has one; and as NoIdentity when
+// discovery gave none.
+func (d *dest) tlsOf(ep discovery.Endpoint) metrics.TLS {
+	switch {
+	case ep.Identity == "":
+		return NoIdentity
+	case !d.localIdentity:
 		return metrics.TLS{Status: "disabled"}
 	}
-	return NoIdentity
+	return metrics.TLS{Status: "true", ServerID: ep.Identity}
 }
 
 // NoIdentity labels outbound connections to destinations without a TLS
@@ -259,6 +272,7 @@ func (r *Router) Route(req *http.Request, ci *httpproxy.ConnInfo) (*httpproxy.Ta
 		Addr:      e.ep.Addr,
 		Series:    e.seriesFor(r.o.Metrics, req.Host),
 		DstLabels: e.ep.Labels,
+		TLS:       e.tls,
 		Done:      call.End,
 	}
 	switch {
@@ -290,7 +304,7 @@ type passKey struct {
 
 // passthrough sends a request to its original destination.
 func (r *Router) passthrough(req *http.Request, ci *httpproxy.ConnInfo) *httpproxy.Target {
-	t := &httpproxy.Target{Addr: ci.OrigDst, Series: r.Series(req, ci)}
+	t := &httpproxy.Target{Addr: ci.OrigDst, Series: r.Series(req, ci), TLS: NoIdentity}
 	if req.ProtoMajor == 2 {
 		t.Proto = httpproxy.H2
 	}
@@ -312,7 +326,9 @@ func (r *Router) Series(req *http.Request, ci *httpproxy.ConnInfo) *metrics.HTTP
 type TCPTarget struct {
 	Addr   netip.AddrPort
 	Labels map[string]string
-	TLS    metrics.TLS
+	// TLS labels the connection; Status "true" asks for mutual TLS to
+	// TLS.ServerID.
+	TLS metrics.TLS
 	// Done, when not nil, reports the connection's outcome to the balancer.
 	Done func(failed bool)
 }

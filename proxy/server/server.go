@@ -2,7 +2,9 @@
 // and admin listeners, reads each connection's original destination,
 // detects its protocol and hands it to the HTTP proxy or the opaque relay
 // of its direction, answers the node agent's steering probe, and shuts down
-// gracefully.
+// gracefully. With an identity configured it keeps the proxy's certificate
+// fresh (proxy/identity), originates mutual TLS to meshed endpoints and
+// terminates it from meshed clients (proxy/mtls).
 package server
 
 import (
@@ -28,8 +30,10 @@ import (
 	"github.com/sluice-mesh/sluice/proxy/config"
 	"github.com/sluice-mesh/sluice/proxy/discovery"
 	"github.com/sluice-mesh/sluice/proxy/httpproxy"
+	"github.com/sluice-mesh/sluice/proxy/identity"
 	"github.com/sluice-mesh/sluice/proxy/inbound"
 	"github.com/sluice-mesh/sluice/proxy/metrics"
+	"github.com/sluice-mesh/sluice/proxy/mtls"
 	"github.com/sluice-mesh/sluice/proxy/netx"
 	"github.com/sluice-mesh/sluice/proxy/outbound"
 	"github.com/sluice-mesh/sluice/proxy/tap"
@@ -57,6 +61,8 @@ type Server struct {
 	in      *inbound.Router
 	outHTTP *httpproxy.Proxy
 	inHTTP  *httpproxy.Proxy
+	id      *identity.Client // nil: identity disabled
+	tls     *mtls.TLS        // nil: identity disabled
 
 	listening atomic.Bool
 	steered   atomic.Bool
@@ -103,6 +109,28 @@ func New(cfg config.Config, o Options) (*Server, error) {
 		s.grpcCC = cc
 		s.disc = discovery.NewClient(cc, do)
 	}
+	if idc := cfg.Identity; idc.Enabled() {
+		id, err := identity.New(identity.Config{
+			Name:            idc.LocalName,
+			Addr:            idc.SvcAddr,
+			ServerName:      idc.SvcName,
+			TrustAnchorsPEM: idc.TrustAnchorsPEM,
+			TokenFile:       idc.TokenFile,
+			Dir:             idc.Dir,
+			BackoffMin:      idc.BackoffMin,
+			BackoffMax:      idc.BackoffMax,
+			Logger:          o.Logger,
+			Registerer:      s.reg,
+		})
+		if err != nil {
+			return nil, err
+		}
+		s.id = id
+		s.tls, err = mtls.New(mtls.Options{Local: id, Roots: id.Roots(), TrustDomain: idc.TrustDomain, Logger: o.Logger, Registerer: s.reg})
+		if err != nil {
+			return nil, err
+		}
+	}
 	s.out = outbound.New(outbound.Options{
 		Discovery: s.disc,
 		Names:     discovery.Names{Namespace: cfg.Namespace, ClusterDomain: cfg.ClusterDomain},
@@ -113,12 +141,18 @@ func New(cfg config.Config, o Options) (*Server, error) {
 			BackoffMin:   cfg.BackoffMin,
 			BackoffMax:   cfg.BackoffMax,
 		},
-		Metrics: s.metrics,
-		Logger:  o.Logger,
+		Metrics:       s.metrics,
+		LocalIdentity: s.tls != nil,
+		Logger:        o.Logger,
 	})
 	s.in = inbound.New(s.metrics)
 	httpOpts := func(dir string, r httpproxy.Router) httpproxy.Options {
+		var orig httpproxy.Originator // a nil *mtls.TLS must stay a nil interface
+		if s.tls != nil {
+			orig = s.tls
+		}
 		return httpproxy.Options{
+			TLS:                   orig,
 			Direction:             dir,
 			Router:                r,
 			Network:               s.net,
@@ -137,9 +171,11 @@ func New(cfg config.Config, o Options) (*Server, error) {
 }
 
 // Ready reports whether the proxy should receive traffic: every listener is
-// up, steering is confirmed (unless not required), and it is not draining.
+// up, steering is confirmed (unless not required), the first certificate
+// has arrived (with an identity), and it is not draining.
 func (s *Server) Ready() bool {
-	return s.listening.Load() && !s.draining.Load() && (s.steered.Load() || !s.cfg.RequireSteering)
+	return s.listening.Load() && !s.draining.Load() && (s.steered.Load() || !s.cfg.RequireSteering) &&
+		(s.id == nil || s.id.Ready())
 }
 
 // Shutdown asks Run to drain and return, as SIGTERM does.
@@ -206,14 +242,26 @@ func (s *Server) Run(ctx context.Context) error {
 		tappb.RegisterTapServer(tapSrv, tap.NewServer(s.hub))
 		go tapSrv.Serve(tapL)
 	}
+	idDone := make(chan struct{})
+	idCtx, idStop := context.WithCancel(context.Background())
+	defer idStop()
+	if s.id != nil {
+		go func() { defer close(idDone); s.id.Run(idCtx) }()
+	} else {
+		close(idDone)
+	}
 	for _, f := range accept {
 		go f()
 	}
 	s.listening.Store(true)
+	identityName := "(disabled: plaintext between proxies)"
+	if s.id != nil {
+		identityName = s.id.Name()
+	}
 	s.log.Info("proxy listening",
 		"outbound", s.cfg.OutboundAddrs, "inbound", s.cfg.InboundAddrs,
 		"admin", s.cfg.AdminAddr, "tap", s.cfg.TapAddr, "destination", s.cfg.DestinationAddr,
-		"require_steering", s.cfg.RequireSteering)
+		"require_steering", s.cfg.RequireSteering, "identity", identityName)
 
 	select {
 	case <-ctx.Done():
@@ -253,6 +301,8 @@ func (s *Server) Run(ctx context.Context) error {
 		s.grpcCC.Close()
 	}
 	s.relayStop()
+	idStop()
+	<-idDone
 	adminSrv.Close()
 	s.log.Info("proxy stopped")
 	return nil

@@ -28,6 +28,12 @@ var (
 // waits until it listens.
 func run(t *testing.T, mem *netx.Mem, env map[string]string) *Server {
 	t.Helper()
+	return runOn(t, mem, env)
+}
+
+// runOn is run on any Network.
+func runOn(t *testing.T, nw netx.Network, env map[string]string) *Server {
+	t.Helper()
 	cfg, err := config.FromEnv(func(k string) (string, bool) {
 		v, ok := env[strings.TrimPrefix(k, config.Prefix)]
 		return v, ok
@@ -35,7 +41,7 @@ func run(t *testing.T, mem *netx.Mem, env map[string]string) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(cfg, Options{Network: mem})
+	s, err := New(cfg, Options{Network: nw})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -19,11 +20,13 @@ import (
 // io.ReaderFrom nor io.WriterTo, so no copy through it uses splice(2).
 type Conn struct {
 	net.Conn
-	s      *metrics.TCPSeries
+	s      atomic.Pointer[metrics.TCPSeries] // nil until Attach for a Pending Conn
 	opened time.Time
 	mu     sync.Mutex
 	errno  string
 	closed bool
+	// Bytes seen before Attach.
+	pendingRead, pendingWrote atomic.Int64
 }
 
 // Wrap opens c in s (tcp_open_total, tcp_open_connections) and returns the
@@ -31,14 +34,38 @@ type Conn struct {
 // errno seen.
 func Wrap(c net.Conn, s *metrics.TCPSeries) *Conn {
 	s.Open()
-	return &Conn{Conn: c, s: s, opened: time.Now()}
+	w := &Conn{Conn: c, opened: time.Now()}
+	w.s.Store(s)
+	return w
+}
+
+// Pending returns a counting connection whose series is not known yet,
+// such as an inbound connection whose TLS state (and so its labels) the
+// handshake will tell. It counts its bytes until Attach opens it in its
+// series; closed before Attach, it is recorded nowhere.
+func Pending(c net.Conn) *Conn {
+	return &Conn{Conn: c, opened: time.Now()}
+}
+
+// Attach opens a Pending connection in s with the bytes seen so far. It
+// must be called at most once, before the connection is closed, and not
+// on a Conn made by Wrap.
+func (c *Conn) Attach(s *metrics.TCPSeries) {
+	s.Open()
+	c.s.Store(s)
+	s.Read(int(c.pendingRead.Swap(0)))
+	s.Wrote(int(c.pendingWrote.Swap(0)))
 }
 
 // Read implements net.Conn.
 func (c *Conn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 {
-		c.s.Read(n)
+		if s := c.s.Load(); s != nil {
+			s.Read(n)
+		} else {
+			c.pendingRead.Add(int64(n))
+		}
 	}
 	if err != nil {
 		c.note(err)
@@ -50,7 +77,11 @@ func (c *Conn) Read(b []byte) (int, error) {
 func (c *Conn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
 	if n > 0 {
-		c.s.Wrote(n)
+		if s := c.s.Load(); s != nil {
+			s.Wrote(n)
+		} else {
+			c.pendingWrote.Add(int64(n))
+		}
 	}
 	if err != nil {
 		c.note(err)
@@ -78,8 +109,8 @@ func (c *Conn) Close() error {
 	c.closed = true
 	errno := c.errno
 	c.mu.Unlock()
-	if first {
-		c.s.Close(errno, time.Since(c.opened))
+	if s := c.s.Load(); first && s != nil {
+		s.Close(errno, time.Since(c.opened))
 	}
 	return err
 }

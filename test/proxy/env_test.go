@@ -48,10 +48,17 @@ func eachMode(t *testing.T, po proxytest.PodOptions, fn func(t *testing.T, e *en
 
 func newEnv(t *testing.T, mode api.Mode, po proxytest.PodOptions) *env {
 	t.Helper()
-	m := proxytest.Start(t, proxytest.Options{Mode: mode})
-	e := &env{mode: mode, mesh: m}
-	e.server = m.AddPod(t, "server", po)
-	e.client = m.AddPod(t, "client", po)
+	return newEnvWith(t, proxytest.Options{Mode: mode}, po, po)
+}
+
+// newEnvWith is newEnv on a mesh made with o, whose server and client pods
+// get their own options.
+func newEnvWith(t *testing.T, o proxytest.Options, serverPO, clientPO proxytest.PodOptions) *env {
+	t.Helper()
+	m := proxytest.Start(t, o)
+	e := &env{mode: m.Mode, mesh: m}
+	e.server = m.AddPod(t, "server", serverPO)
+	e.client = m.AddPod(t, "client", clientPO)
 	e.app = e.server.App(t, "--http", ":"+strconv.Itoa(httpPort), "--grpc", ":"+strconv.Itoa(grpcPort),
 		"--tcp-echo", ":"+strconv.Itoa(echoPort), "--opaque", ":"+strconv.Itoa(opaquePort), "--name", "web-1")
 	m.Dest.Set(proxytest.ServicePath("web", httpPort), e.server.Endpoint(httpPort, "web"))

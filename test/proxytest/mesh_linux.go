@@ -21,10 +21,12 @@ import (
 	"time"
 
 	"github.com/sluice-mesh/sluice/agent/api"
+	"github.com/sluice-mesh/sluice/internal/meshmeta"
 	"github.com/sluice-mesh/sluice/proxy/discovery"
 	"github.com/sluice-mesh/sluice/test/agenttest"
 	"github.com/sluice-mesh/sluice/test/destinationtest"
 	"github.com/sluice-mesh/sluice/test/netns"
+	"github.com/sluice-mesh/sluice/test/proxytest/identitytest"
 )
 
 // Users of the processes in a pod.
@@ -46,6 +48,16 @@ type Options struct {
 	Mode api.Mode
 	// Agent holds further agent options; Mode above overrides Agent.Mode.
 	Agent agenttest.Options
+	// Identity, when not nil, runs an identity service and gives every
+	// pod's proxy an identity (mutual TLS between the proxies); nil: the
+	// proxies have none, as without a control plane.
+	Identity *IdentityOptions
+}
+
+// IdentityOptions configure the mesh's identity service.
+type IdentityOptions struct {
+	// CertLifetime is how long certificates last; 0: 24 h.
+	CertLifetime time.Duration
 }
 
 // Mesh is a netns node with the node agent, a destination server and
@@ -55,6 +67,10 @@ type Mesh struct {
 	Agent *agenttest.Agent
 	// Dest is the destination service every proxy of the mesh asks.
 	Dest *destinationtest.Server
+	// Identity is the identity service (nil without Options.Identity): an
+	// in-process controlplane/identity on the node's IPv4 gateway whose
+	// TokenReviews accept the tokens the fixture gives each pod.
+	Identity *identitytest.Server
 	// ProxyBin and AppBin are the built sluice-proxy and testapp.
 	ProxyBin, AppBin string
 	Mode             api.Mode
@@ -83,7 +99,19 @@ func Start(t *testing.T, o Options) *Mesh {
 	m.Node = netns.NewNode(t)
 	m.Agent = agenttest.Start(t, m.Node, o.Agent)
 	m.Dest = destinationtest.StartOn(t, netip.AddrPortFrom(m.Node.GatewayV4(), 0))
+	if o.Identity != nil {
+		m.Identity = identitytest.Start(t, identitytest.Options{
+			Addr:         netip.AddrPortFrom(m.Node.GatewayV4(), 0),
+			CertLifetime: o.Identity.CertLifetime,
+			ClockSkew:    time.Second,
+		})
+	}
 	return m
+}
+
+// IdentityName is the TLS identity of service account sa of Namespace.
+func IdentityName(sa string) string {
+	return meshmeta.IdentityName(sa, Namespace, meshmeta.DefaultTrustDomain)
 }
 
 // ServicePath is the destination path of a service of Namespace, as the
@@ -105,6 +133,11 @@ type PodOptions struct {
 	// NoDiscovery leaves SLUICE_PROXY_DESTINATION_ADDR empty: every
 	// connection goes to its original destination.
 	NoDiscovery bool
+	// ServiceAccount is the pod's service account, whose identity its
+	// proxy gets in a mesh with identity; "" means the pod's name.
+	ServiceAccount string
+	// NoIdentity gives the proxy no identity even in a mesh with one.
+	NoIdentity bool
 }
 
 // MeshedPod is a pod with a running sluice-proxy, enrolled with the agent
@@ -113,6 +146,11 @@ type MeshedPod struct {
 	*netns.Pod
 	Mesh       *Mesh
 	Enrollment api.Enrollment
+	// Identity is the proxy's TLS identity ("" without one); IdentityDir
+	// is its SLUICE_PROXY_IDENTITY_DIR, where it writes its certificate.
+	Identity, IdentityDir string
+	// TokenFile holds the service-account token the proxy presents.
+	TokenFile string
 
 	proxy *exec.Cmd
 	log   *tailBuffer
@@ -138,8 +176,21 @@ func (m *Mesh) AddPod(t *testing.T, name string, po PodOptions) *MeshedPod {
 	if po.OpaquePorts != "" {
 		env["SLUICE_PROXY_OPAQUE_PORTS"] = po.OpaquePorts
 	}
-	maps.Copy(env, po.Env)
 	p := &MeshedPod{Pod: pod, Mesh: m, log: &tailBuffer{max: 256 << 10}, exit: make(chan struct{})}
+	if m.Identity != nil && !po.NoIdentity {
+		sa := po.ServiceAccount
+		if sa == "" {
+			sa = name
+		}
+		p.Identity = IdentityName(sa)
+		p.TokenFile = identitytest.WriteToken(t, m.Identity.Token(Namespace, sa))
+		p.IdentityDir = proxyDir(t)
+		for k, v := range m.Identity.Env(p.Identity, p.TokenFile) {
+			env["SLUICE_PROXY_"+k] = v
+		}
+		env["SLUICE_PROXY_IDENTITY_DIR"] = p.IdentityDir
+	}
+	maps.Copy(env, po.Env)
 	p.proxy = pod.Command(ProxyUID, m.ProxyBin)
 	p.proxy.Env = []string{"PATH=" + os.Getenv("PATH")}
 	for _, k := range slices.Sorted(maps.Keys(env)) {
@@ -162,6 +213,20 @@ func (m *Mesh) AddPod(t *testing.T, name string, po PodOptions) *MeshedPod {
 	p.Enrollment = m.Agent.Enroll(t, pod, cfg)
 	p.waitHTTP(t, "/ready", 60*time.Second)
 	return p
+}
+
+// proxyDir makes a directory the proxy's user owns, removed at cleanup.
+func proxyDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "sluice-proxy-identity-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chown(dir, ProxyUID, ProxyUID); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 // stopProxy ends the proxy with SIGTERM (SIGKILL after 10 s) and logs its
@@ -265,13 +330,14 @@ func (p *MeshedPod) Eventually(t testing.TB, check func(Metrics) error) Metrics 
 
 // Endpoint is the pod's port as the destination service announces a
 // meshed pod of the deployment and service named like the pod: weight 1,
-// protocol hint h2, metric labels namespace, service, pod, deployment and
-// serviceaccount.
+// protocol hint h2, the proxy's TLS identity (if it has one), metric labels
+// namespace, service, pod, deployment and serviceaccount.
 func (p *MeshedPod) Endpoint(port uint16, service string) discovery.Endpoint {
 	return discovery.Endpoint{
-		Addr:   netip.AddrPortFrom(p.IPv4(), port),
-		Weight: 1,
-		H2:     true,
+		Addr:     netip.AddrPortFrom(p.IPv4(), port),
+		Weight:   1,
+		H2:       true,
+		Identity: p.Identity,
 		Labels: map[string]string{
 			"namespace":      Namespace,
 			"service":        service,
@@ -413,7 +479,12 @@ func (p *MeshedPod) Exec(t testing.TB, name string, args ...string) []byte {
 // returns its stdout; the error carries its stderr. Unlike Exec it can be
 // called from any goroutine.
 func (p *MeshedPod) Output(limit time.Duration, name string, args ...string) ([]byte, error) {
-	cmd := p.Command(AppUID, name, args...)
+	return output(p.Pod, limit, name, args...)
+}
+
+// output runs a program in pod as AppUID, killing it after limit.
+func output(pod *netns.Pod, limit time.Duration, name string, args ...string) ([]byte, error) {
+	cmd := pod.Command(AppUID, name, args...)
 	var stdout bytes.Buffer
 	stderr := &tailBuffer{max: 64 << 10}
 	cmd.Stdout, cmd.Stderr = &stdout, stderr
@@ -429,6 +500,30 @@ func (p *MeshedPod) Output(limit time.Duration, name string, args ...string) ([]
 		return stdout.Bytes(), fmt.Errorf("%w; stderr: %s", err, stderr.String())
 	}
 	return stdout.Bytes(), nil
+}
+
+// PlainPod is a pod without a proxy, an unmeshed client: its connections
+// go to their destinations directly.
+type PlainPod struct {
+	*netns.Pod
+	Mesh *Mesh
+}
+
+// AddPlainPod creates pod name without a proxy and without enrollment.
+func (m *Mesh) AddPlainPod(t *testing.T, name string) *PlainPod {
+	t.Helper()
+	return &PlainPod{Pod: m.Node.AddPod(t, name, netns.PodOptions{}), Mesh: m}
+}
+
+// Run runs `testapp args...` in the pod as AppUID and returns its stdout;
+// a non-zero exit or a run over 5 minutes fails t.
+func (p *PlainPod) Run(t testing.TB, args ...string) []byte {
+	t.Helper()
+	out, err := output(p.Pod, 5*time.Minute, p.Mesh.AppBin, args...)
+	if err != nil {
+		t.Fatalf("proxytest: testapp %s in %s: %v\nstdout: %.4000s", strings.Join(args, " "), p.Name(), err, out)
+	}
+	return out
 }
 
 // URL is an http:// URL to the pod's IPv4 address.
