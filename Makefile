@@ -45,7 +45,7 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 100000x executions; e.
 test-unit: ## Run the tests without installing anything (kernel tests skip unless root).
 	$(GO) test -count=1 $(PKGS)
 
-bench: deps ## The mesh benchmark: no mesh, Sluice (iptables, eBPF, eBPF+sk_msg) and nginx; writes docs/benchmarks.md (~25 min).
+bench: deps ## The mesh benchmark: no mesh, Sluice (iptables, eBPF, eBPF+sk_msg, eBPF+sk_msg with mTLS) and nginx, mTLS handshakes; writes docs/benchmarks.md (~25 min).
 	$(GO) test -count=1 -timeout 45m -run '^$$' -bench Mesh -benchtime 1x ./test/bench/mesh/ -args -report
 
 bench-steering: deps build ## Benchmark connect(), latency and throughput: none, iptables, eBPF, eBPF+sk_msg.

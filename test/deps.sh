@@ -3,7 +3,7 @@
 # root; installs only what is missing, so it is quick on a machine that has them.
 set -euo pipefail
 pkgs=(clang llvm libbpf-dev linux-libc-dev bpftool iptables iproute2 util-linux curl wrk
-  protobuf-compiler libprotobuf-dev nghttp2-client nginx-light libnginx-mod-stream linux-perf prometheus tcpdump)
+  protobuf-compiler libprotobuf-dev nghttp2-client nginx-light libnginx-mod-stream linux-perf prometheus tcpdump openssl)
 # The local Kubernetes cluster's packages (etcd and the programs its images map to).
 cluster_deps="$(dirname "$0")/cluster/deps.txt"
 if [ -f "$cluster_deps" ]; then

@@ -7,11 +7,8 @@
 package destinationtest
 
 import (
-	"errors"
-	"fmt"
 	"log/slog"
 	"maps"
-	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -24,6 +21,7 @@ import (
 	"github.com/sluice-mesh/sluice/controlplane/api/destination"
 	apinet "github.com/sluice-mesh/sluice/controlplane/api/net"
 	"github.com/sluice-mesh/sluice/proxy/discovery"
+	"github.com/sluice-mesh/sluice/test/grpcserve"
 )
 
 // Options of a Server made by New.
@@ -42,11 +40,9 @@ type Server struct {
 	log *slog.Logger
 	tb  testing.TB // set by StartOn: Restart failures fail the test
 
+	grpc *grpcserve.Server
+
 	mu      sync.Mutex
-	addr    netip.AddrPort
-	gs      *grpc.Server
-	serving chan struct{} // closed when the current Serve returns
-	closed  bool
 	table   map[string]map[netip.AddrPort]discovery.Endpoint // a present, empty map: exists with no endpoints
 	streams map[string]map[*stream]struct{}
 	tokens  map[string]string // path → context token of its latest Get
@@ -62,12 +58,16 @@ func New(o Options) (*Server, error) {
 	}
 	s := &Server{
 		log:     o.Logger.With("component", "destinationtest"),
-		addr:    o.Addr,
 		table:   map[string]map[netip.AddrPort]discovery.Endpoint{},
 		streams: map[string]map[*stream]struct{}{},
 		tokens:  map[string]string{},
 	}
-	if err := s.serve(); err != nil {
+	s.grpc = grpcserve.New("destination", o.Addr, func() *grpc.Server {
+		gs := grpc.NewServer(grpc.WaitForHandlers(true)) // Stop returns once streams are gone
+		destination.RegisterDestinationServer(gs, s)
+		return gs
+	}, s.log)
+	if err := s.grpc.Start(); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -93,61 +93,18 @@ func StartOn(t testing.TB, addr netip.AddrPort) *Server {
 	return s
 }
 
-// serve listens on s.addr and serves in the background. The first call
-// fixes s.addr's port.
-func (s *Server) serve() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return errors.New("serve destination: server closed")
-	}
-	if s.gs != nil {
-		return nil
-	}
-	l, err := net.Listen("tcp", s.addr.String())
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", s.addr, err)
-	}
-	s.addr = l.Addr().(*net.TCPAddr).AddrPort()
-	gs := grpc.NewServer(grpc.WaitForHandlers(true)) // Stop returns once streams are gone
-	destination.RegisterDestinationServer(gs, s)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := gs.Serve(l); err != nil {
-			s.log.Warn("destination server stopped", "err", err)
-		}
-	}()
-	s.gs, s.serving = gs, done
-	return nil
-}
-
 // Addr returns the address the server listens on.
-func (s *Server) Addr() netip.AddrPort {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.addr
-}
+func (s *Server) Addr() netip.AddrPort { return s.grpc.Addr() }
 
 // Stop kills the server as a crash would: the listener and every
 // connection close, open streams break. The table is kept for Restart.
-func (s *Server) Stop() {
-	s.mu.Lock()
-	gs, done := s.gs, s.serving
-	s.gs, s.serving = nil, nil
-	s.mu.Unlock()
-	if gs == nil {
-		return
-	}
-	gs.Stop()
-	<-done
-}
+func (s *Server) Stop() { s.grpc.Stop() }
 
 // Restart serves again on the same address, with the current table. It
 // returns an error (and fails the test of a StartOn server) when the
 // address cannot be listened on again.
 func (s *Server) Restart() error {
-	err := s.serve()
+	err := s.grpc.Start()
 	if err != nil && s.tb != nil {
 		s.tb.Errorf("destinationtest: restart: %v", err)
 	}
@@ -155,12 +112,7 @@ func (s *Server) Restart() error {
 }
 
 // Close stops the server for good.
-func (s *Server) Close() {
-	s.mu.Lock()
-	s.closed = true
-	s.mu.Unlock()
-	s.Stop()
-}
+func (s *Server) Close() { s.grpc.Close() }
 
 // Set replaces the endpoints of path. Open streams get an add with the new
 // and changed endpoints and then a remove with the gone ones, or

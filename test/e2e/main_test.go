@@ -36,6 +36,11 @@ const (
 	busyboxImage = "docker.io/library/busybox:1.36"
 	// echoImage runs test/cluster's echo server (its `serve`).
 	echoImage = "sluice.test/echo:1"
+	// testappImage runs test/cmd/testapp (servers and clients of every
+	// protocol the proxy carries).
+	testappImage = "sluice.test/testapp"
+	// opensslImage runs Debian's openssl (s_server: a plain TLS server).
+	opensslImage = "sluice.test/openssl:3"
 )
 
 // The control plane's install in these tests.
@@ -56,6 +61,7 @@ type suite struct {
 	binDir     string // where build put the programs
 	agent      string // the sluice-agent program (for uninstall)
 	controller string // the sluice-controller program
+	testapp    string // the testapp program
 	meshctl    string // the meshctl program
 }
 
@@ -103,8 +109,15 @@ func (s *suite) up(t *testing.T) error {
 		return err
 	}
 	s.cluster = c
-	for name, prog := range map[string]string{"controller": programs["sluice-controller"], "proxy": programs["sluice-proxy"], "agent": programs["sluice-agent"]} {
-		if err := c.MapImage(ctx, imageRegistry+"/"+name+":*", prog); err != nil {
+	s.testapp = programs["testapp"]
+	for image, prog := range map[string]string{
+		imageRegistry + "/controller:*": programs["sluice-controller"],
+		imageRegistry + "/proxy:*":      programs["sluice-proxy"],
+		imageRegistry + "/agent:*":      programs["sluice-agent"],
+		testappImage + ":*":             s.testapp,
+		"sluice.test/openssl:*":         "/usr/bin/openssl",
+	} {
+		if err := c.MapImage(ctx, image, prog); err != nil {
 			return err
 		}
 	}
@@ -122,6 +135,7 @@ func (s *suite) up(t *testing.T) error {
 			"image":    map[string]any{"tag": imageTag},
 			"logLevel": "debug",
 			"agent":    map[string]any{"pinRoot": pinRoot, "stateDir": stateDir},
+			"identity": map[string]any{"certLifetime": certLifetime.String()},
 		},
 	})
 	if err != nil {
@@ -167,7 +181,7 @@ func (s *suite) build(ctx context.Context) (map[string]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("go env GOMOD: %w", err)
 	}
-	pkgs := []string{"./controlplane/cmd/sluice-controller", "./proxy/cmd/sluice-proxy", "./agent/cmd/sluice-agent", "./cli/cmd/meshctl"}
+	pkgs := []string{"./controlplane/cmd/sluice-controller", "./proxy/cmd/sluice-proxy", "./agent/cmd/sluice-agent", "./cli/cmd/meshctl", "./test/cmd/testapp"}
 	cmd := exec.CommandContext(ctx, "go", append([]string{"build", "-o", s.binDir + "/"}, pkgs...)...)
 	cmd.Dir = filepath.Dir(strings.TrimSpace(string(root)))
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -41,14 +41,14 @@ func TCPUp(addr string) error {
 	return c.Close()
 }
 
-// SumMetric sums the samples of metric name whose labels contain match, in
-// Prometheus text format; found is false when no sample matched.
-func SumMetric(text, name, match string) (sum float64, found bool) {
+// SumMetric sums the samples of metric name whose labels contain every
+// match, in Prometheus text format; found is false when no sample matched.
+func SumMetric(text, name string, match ...string) (sum float64, found bool) {
 	sc := bufio.NewScanner(strings.NewReader(text))
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, name+"{") || !strings.Contains(line, match) {
+		if !strings.HasPrefix(line, name+"{") || !containsAll(line, match) {
 			continue
 		}
 		i := strings.LastIndexByte(line, ' ')
@@ -60,4 +60,13 @@ func SumMetric(text, name, match string) (sum float64, found bool) {
 		found = true
 	}
 	return sum, found
+}
+
+func containsAll(s string, subs []string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
 }

@@ -13,15 +13,19 @@ import (
 )
 
 var (
-	report      = flag.Bool("report", false, "write the report to docs/benchmarks.md and its charts to docs/benchmarks/")
-	rounds      = flag.Int("rounds", 5, "rounds; each runs every workload against every case, rotating the order of the cases")
-	duration    = flag.Duration("duration", 4*time.Second, "measured time of each fixed-rate run")
-	maxDuration = flag.Duration("max-duration", 2*time.Second, "measured time of each maximum-throughput run")
-	warmup      = flag.Duration("warmup", 500*time.Millisecond, "unmeasured load before each run")
-	bulkMiB     = flag.Int64("bulk-mib", 1024, "MiB of the bulk TCP run")
-	profile     = flag.Bool("profile", true, "after the rounds, profile the proxies (perf) and the BPF programs (bpf_stats)")
-	only        = flag.String("cases", strings.Join(Cases, ","), "cases to run (the no-mesh baseline always runs)")
+	report            = flag.Bool("report", false, "write the report to docs/benchmarks.md and its charts to docs/benchmarks/")
+	rounds            = flag.Int("rounds", 5, "rounds; each runs every workload against every case, rotating the order of the cases")
+	duration          = flag.Duration("duration", 4*time.Second, "measured time of each fixed-rate run")
+	maxDuration       = flag.Duration("max-duration", 2*time.Second, "measured time of each maximum-throughput run")
+	warmup            = flag.Duration("warmup", 500*time.Millisecond, "unmeasured load before each run")
+	bulkMiB           = flag.Int64("bulk-mib", 1024, "MiB of the bulk TCP run")
+	profile           = flag.Bool("profile", true, "after the rounds, profile the proxies (perf) and the BPF programs (bpf_stats)")
+	only              = flag.String("cases", strings.Join(Cases, ","), "cases to run (the no-mesh baseline always runs)")
+	handshakeDuration = flag.Duration("handshake-duration", 3*time.Second, "time of each mutual-TLS handshake loop")
 )
+
+// handshakeClients is the parallel clients of the second handshake loop.
+const handshakeClients = 4
 
 const (
 	reportFile   = "../../../docs/benchmarks.md"
@@ -43,6 +47,8 @@ func BenchmarkMesh(b *testing.B) {
 		names = append(names, strings.TrimSpace(n))
 	}
 	cfg := benchConfig()
+	// Handshakes first, while this process runs nothing else.
+	hs := measureHandshakes(b, *handshakeDuration, handshakeClients)
 	f := newFixture(b, cfg, names)
 	load0 := benchkit.LoadAvg()
 	start := time.Now()
@@ -53,7 +59,7 @@ func BenchmarkMesh(b *testing.B) {
 	if b.Failed() {
 		b.FailNow()
 	}
-	r := &Report{Env: describe(start, load0, load1), Config: cfg, Cases: f.results(), Evidence: f.evidence()}
+	r := &Report{Env: describe(start, load0, load1), Config: cfg, Cases: f.results(), Evidence: f.evidence(), Handshakes: &hs}
 	if *profile {
 		r.Profile = f.profile()
 	}
@@ -62,6 +68,9 @@ func BenchmarkMesh(b *testing.B) {
 	for _, c := range r.Cases {
 		b.ReportMetric(benchkit.Over(c.Runs["http-1000"], P50).Med, strings.ReplaceAll(c.Name, " ", "_")+"-http1000-p50-µs")
 		b.ReportMetric(benchkit.Over(c.Runs["max-64"], RPS).Med, strings.ReplaceAll(c.Name, " ", "_")+"-max64-req/s")
+	}
+	for _, h := range hs.Runs {
+		b.ReportMetric(h.PerSecond(), fmt.Sprintf("mtls-handshakes/s-%dclients", h.Clients))
 	}
 	if b.Failed() {
 		b.Log("not writing the report: the run failed")
@@ -81,6 +90,7 @@ func BenchmarkMesh(b *testing.B) {
 func TestMeshSmoke(t *testing.T) {
 	cfg := Config{Rounds: 1, HTTPRates: []int{200}, Conns: 4, MaxConns: []int{4}, GRPCRate: 200, NewConnRate: 100,
 		BulkBytes: 8 << 20, Duration: 300 * time.Millisecond, MaxDuration: 300 * time.Millisecond, Warmup: 100 * time.Millisecond}
+	hs := measureHandshakes(t, 200*time.Millisecond, 2)
 	f := newFixture(t, cfg, Cases)
 	f.runRounds()
 	if t.Failed() {
@@ -97,7 +107,7 @@ func TestMeshSmoke(t *testing.T) {
 			t.Errorf("evidence lacks a row for %s:\n%s", c.Name, ev)
 		}
 	}
-	r := &Report{Env: describe(time.Now(), "", ""), Config: cfg, Cases: f.results(), Evidence: ev}
+	r := &Report{Env: describe(time.Now(), "", ""), Config: cfg, Cases: f.results(), Evidence: ev, Handshakes: &hs}
 	dir := t.TempDir() + "/benchmarks.md"
 	if err := writeReport(r, dir); err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/sluice-mesh/sluice/internal/meshmeta"
 	"github.com/sluice-mesh/sluice/test/bench/benchkit"
 	"github.com/sluice-mesh/sluice/test/netns"
 )
@@ -69,8 +70,8 @@ func (f *fixture) evidence() string {
 		"address, at least the requests (bulk: connections) the load generator counted as answered; through a proxy they come " +
 		"from loopback, without one from the client pod. Sluice's proxies counted them in `request_total`; nat REDIRECT rules " +
 		"steered connections where the case uses iptables and none exist elsewhere; the eBPF counters moved as the case says.\n\n")
-	sb.WriteString("| case | HTTP requests measured | app: from loopback / elsewhere | gRPC calls measured | app: loopback / elsewhere | TCP connections measured | app: loopback / elsewhere | client proxy `request_total` outbound | server proxy inbound | nat REDIRECT hits client pod / server pod | eBPF counters moved during its runs |\n")
-	sb.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	sb.WriteString("| case | HTTP requests measured | app: from loopback / elsewhere | gRPC calls measured | app: loopback / elsewhere | TCP connections measured | app: loopback / elsewhere | client proxy `request_total` outbound | server proxy inbound | nat REDIRECT hits client pod / server pod | eBPF counters moved during its runs | client proxy: outbound requests with `tls=\"true\"` / TLS handshakes |\n")
+	sb.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n")
 	for _, p := range f.pairs {
 		sent := map[string]int64{}
 		for _, w := range f.cfg.Workloads() {
@@ -136,9 +137,34 @@ func (f *fixture) evidence() string {
 				tb.Errorf("%s: redirect_ok moved by %d; the sk_msg redirect is %v for this case", p.Name, p.Counters["redirect_ok"], p.redirect)
 			}
 		}
-		fmt.Fprintf(&sb, "%s| %s | %s | %d / %d | %s |\n", row, out, in, hits[0], hits[1], counters)
+		fmt.Fprintf(&sb, "%s| %s | %s | %d / %d | %s | %s |\n", row, out, in, hits[0], hits[1], counters, f.tlsEvidence(p))
 	}
 	return sb.String()
+}
+
+// tlsEvidence checks that the client proxy of p sent its requests over
+// mutual TLS to the server's identity if and only if p is the mTLS case,
+// and returns the cell: requests with tls="true" and handshakes.
+func (f *fixture) tlsEvidence(p *pair) string {
+	if !p.sluice {
+		return "—"
+	}
+	body, err := benchkit.HTTPGet(fmt.Sprintf("http://%s/metrics", netip.AddrPortFrom(p.cli.IPv4(), adminPort)))
+	if err != nil {
+		f.tb.Errorf("metrics of the proxy in %s: %v", p.cli.Name(), err)
+		return "?"
+	}
+	serverID := meshmeta.IdentityName("web-"+p.slug, namespace, meshmeta.DefaultTrustDomain)
+	all, _ := benchkit.SumMetric(string(body), "request_total", `direction="outbound"`)
+	secured, _ := benchkit.SumMetric(string(body), "request_total", `direction="outbound"`, `server_id="`+serverID+`"`, `tls="true"`)
+	handshakes, _ := benchkit.SumMetric(string(body), "tls_handshakes_total", `direction="outbound"`)
+	switch {
+	case p.mtls && (secured < all || handshakes == 0):
+		f.tb.Errorf("%s: %.0f of %.0f outbound requests were mutual TLS to %s, %.0f handshakes", p.Name, secured, all, serverID, handshakes)
+	case !p.mtls && secured > 0:
+		f.tb.Errorf("%s: %.0f outbound requests were mutual TLS in a plaintext case", p.Name, secured)
+	}
+	return fmt.Sprintf("%.0f / %.0f", secured, handshakes)
 }
 
 // sluiceRequests sums request_total of direction on the proxy of pod.

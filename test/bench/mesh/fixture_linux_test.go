@@ -17,11 +17,13 @@ import (
 	"time"
 
 	"github.com/sluice-mesh/sluice/agent/api"
+	"github.com/sluice-mesh/sluice/internal/meshmeta"
 	"github.com/sluice-mesh/sluice/proxy/discovery"
 	"github.com/sluice-mesh/sluice/test/agenttest"
 	"github.com/sluice-mesh/sluice/test/bench/benchkit"
 	"github.com/sluice-mesh/sluice/test/destinationtest"
 	"github.com/sluice-mesh/sluice/test/netns"
+	"github.com/sluice-mesh/sluice/test/proxytest/identitytest"
 )
 
 const (
@@ -53,8 +55,9 @@ type pair struct {
 	// agent is the eBPF agent of the case's node, for its counters; nil on
 	// the iptables node.
 	agent *agenttest.Agent
-	// sluice is true for the Sluice cases, redirect for eBPF+sk_msg.
-	sluice, redirect bool
+	// sluice is true for the Sluice cases, redirect for eBPF+sk_msg, mtls
+	// for mutual TLS between the proxies.
+	sluice, redirect, mtls bool
 	// iptables is true where nat rules steer (the agent's or nginx's).
 	iptables bool
 }
@@ -114,15 +117,19 @@ func newFixture(tb testing.TB, cfg Config, names []string) *fixture {
 		case CaseIPTables:
 			p = f.newPair(name, "ipt", f.nodeIPT)
 			p.sluice, p.iptables = true, true
-			f.startSluice(p, iptAgent, destIPT)
+			f.startSluice(p, iptAgent, destIPT, nil)
 		case CaseEBPF:
 			p = f.newPair(name, "ebpf", f.nodeEBP)
 			p.sluice, p.agent = true, f.ebpfAgent
-			f.startSluice(p, f.ebpfAgent, destEBP)
+			f.startSluice(p, f.ebpfAgent, destEBP, nil)
 		case CaseSKMsg:
 			p = f.newPair(name, "sk", f.nodeEBP)
 			p.sluice, p.redirect, p.agent = true, true, f.ebpfAgent
-			f.startSluice(p, f.ebpfAgent, destEBP)
+			f.startSluice(p, f.ebpfAgent, destEBP, nil)
+		case CaseMTLS:
+			p = f.newPair(name, "mtls", f.nodeEBP)
+			p.sluice, p.redirect, p.mtls, p.agent = true, true, true, f.ebpfAgent
+			f.startSluice(p, f.ebpfAgent, destEBP, identitytest.Start(tb, identitytest.Options{Addr: netip.AddrPortFrom(f.nodeEBP.GatewayV4(), 0)}))
 		case CaseNginx:
 			p = f.newPair(name, "nginx", f.nodeIPT)
 			p.iptables = true
@@ -183,14 +190,21 @@ func (f *fixture) newPair(name, slug string, node *netns.Node) *pair {
 }
 
 // startSluice runs sluice-proxy in both pods of p, enrolls them with agent
-// and announces the server pod's endpoints in dest.
-func (f *fixture) startSluice(p *pair, agent *agenttest.Agent, dest *destinationtest.Server) {
+// and announces the server pod's endpoints in dest. With an identity
+// service, the proxies get their certificates from it and discovery gives
+// the server's identity: mutual TLS between them.
+func (f *fixture) startSluice(p *pair, agent *agenttest.Agent, dest *destinationtest.Server, id *identitytest.Server) {
 	tb := f.tb
 	tb.Helper()
+	accounts := []string{"client-" + p.slug, "web-" + p.slug} // the client's and the server's
 	labels := map[string]string{"namespace": namespace, "service": "web-" + p.slug, "pod": p.srv.Name(),
-		"deployment": "web-" + p.slug, "serviceaccount": "web-" + p.slug}
+		"deployment": "web-" + p.slug, "serviceaccount": accounts[1]}
+	serverID := ""
+	if id != nil {
+		serverID = meshmeta.IdentityName(accounts[1], namespace, meshmeta.DefaultTrustDomain)
+	}
 	ep := func(port uint16) discovery.Endpoint {
-		return discovery.Endpoint{Addr: netip.AddrPortFrom(p.srv.IPv4(), port), Weight: 1, H2: true, Labels: maps.Clone(labels)}
+		return discovery.Endpoint{Addr: netip.AddrPortFrom(p.srv.IPv4(), port), Weight: 1, H2: true, Labels: maps.Clone(labels), Identity: serverID}
 	}
 	dest.Set(p.service(portHTTP), ep(portHTTP))
 	dest.Set(p.service(portGRPC), ep(portGRPC))
@@ -203,7 +217,14 @@ func (f *fixture) startSluice(p *pair, agent *agenttest.Agent, dest *destination
 	}
 	for i, pod := range []*netns.Pod{p.cli, p.srv} {
 		cpu := []string{clientCPU(), serverCPU()}[i]
-		proc := benchkit.StartProcess(tb, pod, proxyUID, cpu, env, f.proxy)
+		penv := slices.Clone(env)
+		if id != nil {
+			token := identitytest.WriteToken(tb, id.Token(namespace, accounts[i]))
+			for k, v := range id.Env(meshmeta.IdentityName(accounts[i], namespace, meshmeta.DefaultTrustDomain), token) {
+				penv = append(penv, "SLUICE_PROXY_"+k+"="+v)
+			}
+		}
+		proc := benchkit.StartProcess(tb, pod, proxyUID, cpu, penv, f.proxy)
 		proc.Run(tb, nil)
 		admin := fmt.Sprintf("http://%s", netip.AddrPortFrom(pod.IPv4(), adminPort))
 		proc.WaitFor(tb, "live", func() error { _, err := benchkit.HTTPGet(admin + "/live"); return err })

@@ -13,11 +13,14 @@ const (
 	CaseIPTables = "sluice iptables"
 	CaseEBPF     = "sluice eBPF"
 	CaseSKMsg    = "sluice eBPF+sk_msg"
-	CaseNginx    = "nginx iptables"
+	// CaseMTLS is CaseSKMsg with mutual TLS between the two proxies: the
+	// cost of mTLS is its difference from CaseSKMsg.
+	CaseMTLS  = "sluice eBPF+sk_msg mTLS"
+	CaseNginx = "nginx iptables"
 )
 
 // Cases lists every case in report order.
-var Cases = []string{CaseDirect, CaseIPTables, CaseEBPF, CaseSKMsg, CaseNginx}
+var Cases = []string{CaseDirect, CaseIPTables, CaseEBPF, CaseSKMsg, CaseMTLS, CaseNginx}
 
 // Kind is what a workload measures.
 type Kind int

@@ -101,6 +101,7 @@ func fakeCases(cfg Config, skP50 float64, skRPS float64) []*CaseResult {
 		fakeCase(cfg, CaseIPTables, []float64{300, 400, 600, 900}, 10000, 400*time.Millisecond),
 		fakeCase(cfg, CaseEBPF, []float64{290, 390, 590, 890}, 10500, 390*time.Millisecond),
 		fakeCase(cfg, CaseSKMsg, []float64{skP50, 380, 580, 880}, skRPS, 380*time.Millisecond),
+		fakeCase(cfg, CaseMTLS, []float64{skP50 + 40, 430, 640, 950}, skRPS*0.8, 480*time.Millisecond),
 		fakeCase(cfg, CaseNginx, []float64{250, 350, 700, 1000}, 15000, 200*time.Millisecond),
 	}
 }
@@ -156,7 +157,11 @@ func TestVerdicts(t *testing.T) {
 func TestReport(t *testing.T) {
 	cfg := testConfig()
 	r := &Report{Env: Env{When: "now", Machine: "m", Versions: "v", Command: "make bench", ClientCPU: "0", ServerCPU: "1"},
-		Config: cfg, Cases: fakeCases(cfg, 280, 10500), Profile: "PROFILE", Evidence: "EVIDENCE", ChartDir: "benchmarks"}
+		Config: cfg, Cases: fakeCases(cfg, 280, 10500), Profile: "PROFILE", Evidence: "EVIDENCE", ChartDir: "benchmarks",
+		Handshakes: &Handshakes{Runs: []HandshakeRun{
+			{Clients: 1, Handshakes: 2000, Wall: 2 * time.Second, CPU: 1600 * time.Millisecond},
+			{Clients: 4, Handshakes: 5000, Wall: 2 * time.Second, CPU: 3500 * time.Millisecond},
+		}}}
 	md := r.Markdown()
 	for _, s := range []string{
 		"# Mesh benchmark", "Reproduce: `make bench`", "### Targets", "**no**", "| yes |",
@@ -165,7 +170,12 @@ func TestReport(t *testing.T) {
 		"![HTTP/1.1 keep-alive maximum throughput](benchmarks/throughput-http.png)",
 		// iptables at 1000 req/s: p50 300 (303, 306 in later rounds), added 200 (…), CPU 0.4 s per 4000 = 0.100 s/1000.
 		"| sluice iptables | 303 (300 – 306) |", "| 0.100 (0.100 – 0.100) |",
-		"## Where the time goes\n\nPROFILE", "EVIDENCE", "## How it is measured",
+		"## Where the time goes\n\nPROFILE",
+		// mTLS: p50 +40 µs every round; CPU 0.96 s per 4000 requests (240 µs) against 0.76 s (190 µs).
+		"## Cost of mutual TLS", "| HTTP/1.1 keep-alive at 1000 req/s | 40 (40 – 41) |", "| 190.0 (190.0 – 190.0) | 240.0 (240.0 – 240.0) | 50.0 (50.0 – 50.0) |",
+		"| 0.80 (0.80 – 0.80) | 190.0 (190.0 – 190.0) | 240.0 (240.0 – 240.0) |",
+		// 2000 in 2 s by one client: 1000/s, 1000 µs each, 800 µs CPU: 1250 per core.
+		"| 1 | 1000 | 1000 | 800 | 1250 | 0 |", "| 4 | 2500 | 1600 | 700 | 1429 | 0 |", "EVIDENCE", "## How it is measured",
 	} {
 		if !strings.Contains(md, s) {
 			t.Errorf("report lacks %q", s)

@@ -31,6 +31,9 @@ pod runs `+"`loadgen serve`"+` as the application (HTTP/1.1 + h2c on :8080, gRPC
 - **%s**: sluice-proxy in both pods, enrolled with the eBPF-mode agent with `+"`disableRedirect: true`"+`: cgroup
   connect4 rewrite outbound, sk_lookup inbound, no sk_msg.
 - **%s**: the same with the sk_msg redirect between the app's and its proxy's loopback sockets (the agent's default).
+- **%s**: the same with mutual TLS 1.3 between the two proxies: each proxy gets its certificate from Sluice's identity
+  service (run in process, test/proxytest/identitytest, with a projected-token stand-in) at start, and discovery gives the
+  server pod's endpoint the identity `+"`web-mtls.default.serviceaccount.identity.sluice.cluster.local`"+`.
 - **%s**: nginx (Debian's nginx-light with libnginx-mod-stream, one worker, no access log) in both pods as uid 2102,
   with iptables nat rules of the same shape as the agent's, per port: outbound 8080/9090/5001 to nginx's
   HTTP, gRPC (h2c) and stream listeners, which forward to the server pod's address (static upstreams with keep-alive,
@@ -70,7 +73,7 @@ measured requests. VmRSS comes from /proc/<pid>/status, sampled every 100 ms.
 "added" figures pair each case with the no-mesh run of the same round. A run that served no request, or whose
 failed requests exceed %.1f %%, fails the benchmark instead of becoming a row (the "failed" columns count the
 failures under that threshold).
-`, CaseDirect, CaseIPTables, CaseEBPF, CaseSKMsg, CaseNginx, e.ClientCPU, e.ServerCPU,
+`, CaseDirect, CaseIPTables, CaseEBPF, CaseSKMsg, CaseMTLS, CaseNginx, e.ClientCPU, e.ServerCPU,
 		c.Conns, c.Conns, strings.Join(rates, ", "), c.GRPCRate, c.NewConnRate, strings.Join(conns, ", "),
 		c.BulkBytes>>20, c.Duration, c.Warmup, c.MaxDuration, c.Warmup, 100*MaxErrorRatio)
 }

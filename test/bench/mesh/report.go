@@ -27,6 +27,8 @@ type Report struct {
 	Profile, Evidence string
 	// ChartDir is the charts' directory relative to the report.
 	ChartDir string
+	// Handshakes is the cost of a mutual-TLS handshake; nil: not measured.
+	Handshakes *Handshakes
 }
 
 // Chart is one chart of the report.
@@ -112,6 +114,7 @@ func (r *Report) Markdown() string {
 	for _, w := range cfg.Workloads() {
 		r.table(&sb, w)
 	}
+	r.mtlsCost(&sb)
 	r.memory(&sb)
 	if r.Profile != "" {
 		sb.WriteString("\n## Where the time goes\n\n")

@@ -10,10 +10,8 @@ package identitytest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -33,6 +31,7 @@ import (
 	"github.com/sluice-mesh/sluice/controlplane/identity"
 	"github.com/sluice-mesh/sluice/internal/meshmeta"
 	"github.com/sluice-mesh/sluice/internal/pki"
+	"github.com/sluice-mesh/sluice/test/grpcserve"
 )
 
 // Options of a Server. The zero value is fine.
@@ -64,13 +63,11 @@ type Server struct {
 	dir   string // issuer files, removed by Close
 	log   *slog.Logger
 
+	grpc *grpcserve.Server
+
 	mu        sync.Mutex
 	tokens    map[string]string // token → user name
 	certified map[string]int    // identity → certificates issued
-	addr      netip.AddrPort
-	gs        *grpc.Server
-	serving   chan struct{}
-	closed    bool
 }
 
 // New generates trust anchors and an issuer, starts the identity service
@@ -90,7 +87,7 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{creds: creds, dir: dir, log: o.Logger, tokens: map[string]string{}, certified: map[string]int{}, addr: o.Addr}
+	s := &Server{creds: creds, dir: dir, log: o.Logger, tokens: map[string]string{}, certified: map[string]int{}}
 	files := map[string][]byte{"issuer.crt": creds.IssuerCertPEM, "issuer.key": creds.IssuerKeyPEM, "anchors.crt": creds.TrustAnchorPEM}
 	for name, b := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
@@ -114,7 +111,12 @@ func New(o Options) (*Server, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("start the identity service: %w", err)
 	}
-	if err := s.serve(); err != nil {
+	s.grpc = grpcserve.New("identity", o.Addr, func() *grpc.Server {
+		gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(s.svc.ServerTLSConfig(ServerName))))
+		pb.RegisterIdentityServer(gs, identityServer{s: s})
+		return gs
+	}, o.Logger)
+	if err := s.grpc.Start(); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
@@ -163,35 +165,6 @@ func (s *Server) Certify(ctx context.Context, req *pb.CertifyRequest) (*pb.Certi
 	return resp, err
 }
 
-// serve listens on s.addr and serves in the background; the first call
-// fixes the port.
-func (s *Server) serve() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return errors.New("serve identity: server closed")
-	}
-	if s.gs != nil {
-		return nil
-	}
-	l, err := net.Listen("tcp", s.addr.String())
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", s.addr, err)
-	}
-	s.addr = l.Addr().(*net.TCPAddr).AddrPort()
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(s.svc.ServerTLSConfig(ServerName))))
-	pb.RegisterIdentityServer(gs, identityServer{s: s})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := gs.Serve(l); err != nil {
-			s.log.Warn("identity server stopped", "error", err)
-		}
-	}()
-	s.gs, s.serving = gs, done
-	return nil
-}
-
 // identityServer exposes only Certify to gRPC.
 type identityServer struct {
 	pb.UnimplementedIdentityServer
@@ -203,35 +176,18 @@ func (i identityServer) Certify(ctx context.Context, req *pb.CertifyRequest) (*p
 }
 
 // Addr returns the address the server listens on.
-func (s *Server) Addr() netip.AddrPort {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.addr
-}
+func (s *Server) Addr() netip.AddrPort { return s.grpc.Addr() }
 
 // Stop kills the server as a crash would: the listener and every
 // connection close. Tokens and counts are kept for Restart.
-func (s *Server) Stop() {
-	s.mu.Lock()
-	gs, done := s.gs, s.serving
-	s.gs, s.serving = nil, nil
-	s.mu.Unlock()
-	if gs == nil {
-		return
-	}
-	gs.Stop()
-	<-done
-}
+func (s *Server) Stop() { s.grpc.Stop() }
 
 // Restart serves again on the same address.
-func (s *Server) Restart() error { return s.serve() }
+func (s *Server) Restart() error { return s.grpc.Start() }
 
 // Close stops the server for good and removes its files.
 func (s *Server) Close() {
-	s.mu.Lock()
-	s.closed = true
-	s.mu.Unlock()
-	s.Stop()
+	s.grpc.Close()
 	os.RemoveAll(s.dir)
 }
 
