@@ -163,6 +163,18 @@ type Flow struct{ Src, Dst netip.AddrPort }
 
 func (f Flow) String() string { return f.Src.String() + " → " + f.Dst.String() }
 
+// Opened returns the flows whose SYN (or SYN-ACK) was captured: their
+// streams start at the connection's first byte.
+func Opened(ps []Packet) map[Flow]bool {
+	out := map[Flow]bool{}
+	for _, p := range ps {
+		if p.SYN {
+			out[Flow{p.Src, p.Dst}] = true
+		}
+	}
+	return out
+}
+
 // Streams reassembles the payload of every flow in sequence order,
 // dropping retransmitted bytes. A flow whose SYN was not captured starts
 // at its lowest sequence number.
@@ -219,9 +231,12 @@ const (
 
 // TLSRecords checks that stream is a sequence of whole TLS records (a
 // last one may be cut off by the end of the capture) and returns how many
-// records of application data it holds. The first record must be a
-// handshake (the ClientHello or ServerHello).
-func TLSRecords(stream []byte) (appData int, err error) {
+// records of application data it holds. With fromStart (the connection's
+// SYN was captured, see Opened) the first record must be a handshake (the
+// ClientHello or ServerHello); without, the stream is a connection's later
+// part, which must start at a record's boundary (the capture began while
+// it was idle).
+func TLSRecords(stream []byte, fromStart bool) (appData int, err error) {
 	if len(stream) == 0 {
 		return 0, errors.New("empty stream")
 	}
@@ -237,7 +252,7 @@ func TLSRecords(stream []byte) (appData int, err error) {
 			return appData, fmt.Errorf("record %d: version %d.%d is not TLS", i, major, stream[2])
 		case length > 1<<14+256:
 			return appData, fmt.Errorf("record %d: length %d exceeds TLS's maximum", i, length)
-		case i == 0 && typ != recordHandshake:
+		case i == 0 && fromStart && typ != recordHandshake:
 			return appData, fmt.Errorf("the stream starts with a record of type %d, not a handshake (bytes %q)", typ, head(stream))
 		}
 		if typ == recordApplicationData {

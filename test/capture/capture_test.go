@@ -25,16 +25,19 @@ func TestTLSRecords(t *testing.T) {
 		stream  []byte
 		appData int
 		err     string
+		midway  bool // the connection began before the capture
 	}{
-		{"handshake then data", cat(rec(22, 100), rec(20, 1), rec(23, 50), rec(23, 10)), 2, ""},
-		{"last record cut off", cat(rec(22, 100), rec(23, 50))[:120], 1, ""},
-		{"plaintext HTTP", []byte("GET / HTTP/1.1\r\nHost: web\r\n\r\n"), 0, "not TLS"},
-		{"starts with data", cat(rec(23, 10)), 0, "not a handshake"},
-		{"garbage after records", cat(rec(22, 10), []byte("secret body")), 0, "not TLS"},
-		{"empty", nil, 0, "empty"},
+		{"handshake then data", cat(rec(22, 100), rec(20, 1), rec(23, 50), rec(23, 10)), 2, "", false},
+		{"last record cut off", cat(rec(22, 100), rec(23, 50))[:120], 1, "", false},
+		{"plaintext HTTP", []byte("GET / HTTP/1.1\r\nHost: web\r\n\r\n"), 0, "not TLS", false},
+		{"starts with data", cat(rec(23, 10)), 0, "not a handshake", false},
+		{"midway: starts with data", cat(rec(23, 10), rec(23, 5)), 2, "", true},
+		{"midway: not at a record boundary", cat(rec(23, 10))[7:], 0, "not TLS", true},
+		{"garbage after records", cat(rec(22, 10), []byte("secret body")), 0, "not TLS", false},
+		{"empty", nil, 0, "empty", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			n, err := TLSRecords(tc.stream)
+			n, err := TLSRecords(tc.stream, !tc.midway)
 			if tc.err == "" && (err != nil || n != tc.appData) {
 				t.Fatalf("TLSRecords = %d, %v; want %d records of data", n, err, tc.appData)
 			}
@@ -102,7 +105,7 @@ func TestCaptureLoopback(t *testing.T) {
 		switch {
 		case f.Src == tlsAddr || f.Dst == tlsAddr:
 			tlsFlows++
-			if n, err := TLSRecords(s); err != nil || n == 0 {
+			if n, err := TLSRecords(s, true); err != nil || n == 0 {
 				t.Errorf("%s: %d records of data, %v; want TLS only", f, n, err)
 			}
 			if bytes.Contains(s, []byte(secret)) {
@@ -110,7 +113,7 @@ func TestCaptureLoopback(t *testing.T) {
 			}
 		case f.Src == plainAddr || f.Dst == plainAddr:
 			plainFlows++
-			if _, err := TLSRecords(s); err == nil {
+			if _, err := TLSRecords(s, true); err == nil {
 				t.Errorf("%s: plain HTTP passed as TLS", f)
 			}
 		}

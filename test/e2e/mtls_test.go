@@ -115,6 +115,7 @@ func TestMTLS(t *testing.T) {
 
 	t.Run("wire", func(t *testing.T) {
 		flows, records, bytesSeen := 0, 0, 0
+		opened := capture.Opened(ps)
 		for f, stream := range capture.Streams(ps) {
 			if bytes.Contains(stream, []byte(secretBody)) {
 				t.Errorf("%s carries the request body in the clear", f)
@@ -123,7 +124,7 @@ func TestMTLS(t *testing.T) {
 				continue // the kubelet's probes and the agent's steering probe
 			}
 			flows++
-			if n, err := capture.TLSRecords(stream); err != nil {
+			if n, err := capture.TLSRecords(stream, opened[f]); err != nil {
 				t.Errorf("%s (%d bytes) is not TLS: %v", f, len(stream), err)
 			} else if n == 0 && f.Src.Addr() == clientIP {
 				t.Errorf("%s: TLS without application data", f)

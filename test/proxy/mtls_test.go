@@ -1,22 +1,19 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/sluice-mesh/sluice/agent/api"
 	"github.com/sluice-mesh/sluice/internal/pki"
+	"github.com/sluice-mesh/sluice/test/capture"
 	"github.com/sluice-mesh/sluice/test/netns"
 	"github.com/sluice-mesh/sluice/test/proxytest"
 	"github.com/sluice-mesh/sluice/test/proxytest/payload"
@@ -37,6 +34,7 @@ func eachModeMTLS(t *testing.T, po proxytest.PodOptions, fn func(t *testing.T, e
 	for _, mode := range []api.Mode{api.ModeEBPF, api.ModeIPTables} {
 		t.Run(string(mode), func(t *testing.T) {
 			serverPO, clientPO := po, po
+			clientPO.ForeignCA = false // a foreign authority is the server's alone
 			if serverPO.ServiceAccount == "" {
 				serverPO.ServiceAccount = serverSA
 			}
@@ -115,21 +113,34 @@ func TestMutualTLS(t *testing.T) {
 			// from an unmeshed client (the capture works).
 			netns.RequireCommand(t, "tcpdump")
 			secret, clear := randomText(t), randomText(t)
-			pcap := capture(t, "any")
+			capt, err := capture.Start(e.mesh.Node.Bridge(), "tcp", t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
 			e.http(t, "--url", e.server.URL(httpPort, "/sha256"), "--host", authority(httpPort), "--body", secret)
 			plain := e.mesh.AddPlainPod(t, "plain-wire")
 			plain.Run(t, "http", "--url", e.server.URL(httpPort, "/sha256"), "--host", authority(httpPort), "--body", clear)
-			// The capture file fills asynchronously: wait for the clear body,
-			// sent after the secret one.
-			deadline := time.Now().Add(30 * time.Second)
-			for !bytes.Contains(pcap(), []byte(clear)) {
-				if time.Now().After(deadline) {
-					t.Fatalf("the unmeshed client's body is not in the capture (%d bytes) after 30s: the capture sees nothing", len(pcap()))
-				}
-				time.Sleep(50 * time.Millisecond)
+			ps, err := capt.Stop()
+			if err != nil {
+				t.Fatal(err)
 			}
-			if bytes.Contains(pcap(), []byte(secret)) {
-				t.Errorf("the request body between the meshed pods crossed the pods' links in clear")
+			sawClear, tlsFlows := false, 0
+			opened := capture.Opened(ps)
+			for f, stream := range capture.Streams(ps) {
+				sawClear = sawClear || bytes.Contains(stream, []byte(clear))
+				if bytes.Contains(stream, []byte(secret)) {
+					t.Errorf("%s carries the request body between the meshed pods in clear", f)
+				}
+				if f.Src.Addr() == e.client.IPv4() || f.Dst.Addr() == e.client.IPv4() {
+					if _, err := capture.TLSRecords(stream, opened[f]); err != nil {
+						t.Errorf("%s between the meshed pods is not TLS: %v", f, err)
+					}
+					tlsFlows++
+				}
+			}
+			if !sawClear || tlsFlows == 0 {
+				t.Errorf("the capture on %s (%d packets) holds the unmeshed client's body: %v, flows between the meshed pods: %d; want both",
+					e.mesh.Node.Bridge(), len(ps), sawClear, tlsFlows)
 			}
 		})
 
@@ -220,40 +231,54 @@ func TestMutualTLS(t *testing.T) {
 	})
 }
 
-// A server whose proxy has another identity than discovery names: HTTP
-// gets a 502 whose sluice-proxy-error names the mismatch, opaque TCP a
-// reset, and the client's proxy counts both.
-func TestIdentityMismatch(t *testing.T) {
-	eachModeMTLS(t, proxytest.PodOptions{ServiceAccount: "impostor"}, func(t *testing.T, e *env) {
-		// Discovery still says the endpoints are web's.
-		for _, port := range []int{httpPort, echoPort} {
-			ep := e.server.Endpoint(uint16(port), "web")
-			ep.Identity = proxytest.IdentityName(serverSA)
-			path := proxytest.ServicePath("web", uint16(port))
-			if port == echoPort {
-				ep.H2, ep.Opaque, path = false, true, e.serverAddr(port)
-			}
-			e.mesh.Dest.Set(path, ep)
-		}
-		want := "tls: server identity mismatch: want " + proxytest.IdentityName(serverSA) + ", got " + proxytest.IdentityName("impostor")
-		rs := proxytest.Lines[httpResult](t, e.client.Run(t, "http", "--url", e.server.URL(httpPort, "/echo"), "--host", authority(httpPort)))
-		if len(rs) != 1 || rs[0].Status != 502 || !strings.Contains(first(rs[0].Headers, "Sluice-Proxy-Error"), want) {
-			t.Errorf("got %+v; want 502 with sluice-proxy-error %q", rs, want)
-		}
-		r := proxytest.Line[tcpResult](t, e.client.Run(t, "tcp", "--addr", e.serverAddr(echoPort), "--bytes", "1000"))
-		if !strings.Contains(r.Err, "connection reset by peer") || r.Received != 0 {
-			t.Errorf("opaque: %+v; want a reset and nothing received", r)
-		}
-		e.client.Eventually(t, func(m proxytest.Metrics) error {
-			if n := m.Sum("tls_handshake_errors_total", proxytest.Labels{"direction": "outbound", "reason": "identity_mismatch"}); n < 2 {
-				return fmt.Errorf("tls_handshake_errors_total{reason=identity_mismatch} = %v, want >= 2", n)
-			}
-			return nil
+// A server whose proxy has another identity than discovery names, or a
+// certificate from another mesh's authority: HTTP gets a 502 whose
+// sluice-proxy-error says which, opaque TCP a reset, and the client's
+// proxy logs and counts each with its own reason.
+func TestServerCertificateRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		po     proxytest.PodOptions
+		reason string
+		want   string
+	}{
+		{"identity mismatch", proxytest.PodOptions{ServiceAccount: "impostor"}, "identity_mismatch",
+			"tls: server identity mismatch: want " + proxytest.IdentityName(serverSA) + ", got " + proxytest.IdentityName("impostor")},
+		{"unknown authority", proxytest.PodOptions{ForeignCA: true}, "unknown_authority",
+			"tls: server certificate for " + proxytest.IdentityName(serverSA) + " is from an unknown authority"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			eachModeMTLS(t, tc.po, func(t *testing.T, e *env) {
+				// Discovery says the endpoints are web's.
+				for _, port := range []int{httpPort, echoPort} {
+					ep := e.server.Endpoint(uint16(port), "web")
+					ep.Identity = proxytest.IdentityName(serverSA)
+					path := proxytest.ServicePath("web", uint16(port))
+					if port == echoPort {
+						ep.H2, ep.Opaque, path = false, true, e.serverAddr(port)
+					}
+					e.mesh.Dest.Set(path, ep)
+				}
+				rs := proxytest.Lines[httpResult](t, e.client.Run(t, "http", "--url", e.server.URL(httpPort, "/echo"), "--host", authority(httpPort)))
+				if len(rs) != 1 || rs[0].Status != 502 || !strings.Contains(first(rs[0].Headers, "Sluice-Proxy-Error"), tc.want) {
+					t.Errorf("got %+v; want 502 with sluice-proxy-error %q", rs, tc.want)
+				}
+				r := proxytest.Line[tcpResult](t, e.client.Run(t, "tcp", "--addr", e.serverAddr(echoPort), "--bytes", "1000"))
+				if !strings.Contains(r.Err, "connection reset by peer") || r.Received != 0 {
+					t.Errorf("opaque: %+v; want a reset and nothing received", r)
+				}
+				e.client.Eventually(t, func(m proxytest.Metrics) error {
+					if n := m.Sum("tls_handshake_errors_total", proxytest.Labels{"direction": "outbound", "reason": tc.reason}); n < 2 {
+						return fmt.Errorf("tls_handshake_errors_total{reason=%s} = %v, want >= 2", tc.reason, n)
+					}
+					return nil
+				})
+				if log := e.client.ProxyLog(); !strings.Contains(log, "mTLS: outbound handshake failed") || !strings.Contains(log, tc.want) || !strings.Contains(log, "reason="+tc.reason) {
+					t.Errorf("the client proxy's log does not name the failure")
+				}
+			})
 		})
-		if log := e.client.ProxyLog(); !strings.Contains(log, "mTLS: outbound handshake failed") || !strings.Contains(log, want) {
-			t.Errorf("the client proxy's log does not name the mismatch")
-		}
-	})
+	}
 }
 
 // randomText returns a string that appears nowhere by chance.
@@ -263,52 +288,4 @@ func randomText(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return "sluice-wire-" + hex.EncodeToString(b)
-}
-
-// capture runs tcpdump on iface (in the host network namespace; "any" sees
-// the host ends of every pod's veth) until cleanup and returns a function
-// that reads what it captured so far.
-func capture(t *testing.T, iface string) (read func() []byte) {
-	t.Helper()
-	file := filepath.Join(t.TempDir(), "capture.pcap")
-	cmd := exec.Command("tcpdump", "-i", iface, "--immediate-mode", "-U", "-s", "0", "-Z", "root", "-w", file, "tcp")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("tcpdump: %v", err)
-	}
-	exited := make(chan struct{})
-	listening := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), "listening on") {
-				listening <- sc.Text()
-			}
-		}
-		close(exited)
-	}()
-	select {
-	case <-listening:
-	case <-exited:
-		t.Fatal("tcpdump exited before it listened")
-	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		t.Fatal("tcpdump did not listen within 30s (hang guard)")
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGINT)
-		<-exited
-		_ = cmd.Wait()
-	})
-	return func() []byte {
-		t.Helper()
-		b, err := os.ReadFile(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
 }

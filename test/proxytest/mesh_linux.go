@@ -71,6 +71,9 @@ type Mesh struct {
 	// in-process controlplane/identity on the node's IPv4 gateway whose
 	// TokenReviews accept the tokens the fixture gives each pod.
 	Identity *identitytest.Server
+	// foreign is the identity service of ForeignCA pods, started with the
+	// first of them.
+	foreign *identitytest.Server
 	// ProxyBin and AppBin are the built sluice-proxy and testapp.
 	ProxyBin, AppBin string
 	Mode             api.Mode
@@ -138,6 +141,11 @@ type PodOptions struct {
 	ServiceAccount string
 	// NoIdentity gives the proxy no identity even in a mesh with one.
 	NoIdentity bool
+	// ForeignCA gives the proxy its certificate, and its trust anchors,
+	// from a second identity service with anchors of its own, as if the
+	// pod belonged to another mesh: the mesh's proxies find its
+	// certificate from an unknown authority, and it theirs.
+	ForeignCA bool
 }
 
 // MeshedPod is a pod with a running sluice-proxy, enrolled with the agent
@@ -182,10 +190,17 @@ func (m *Mesh) AddPod(t *testing.T, name string, po PodOptions) *MeshedPod {
 		if sa == "" {
 			sa = name
 		}
+		id := m.Identity
+		if po.ForeignCA {
+			if m.foreign == nil {
+				m.foreign = identitytest.Start(t, identitytest.Options{Addr: netip.AddrPortFrom(m.Node.GatewayV4(), 0), ClockSkew: time.Second})
+			}
+			id = m.foreign
+		}
 		p.Identity = IdentityName(sa)
-		p.TokenFile = identitytest.WriteToken(t, m.Identity.Token(Namespace, sa))
+		p.TokenFile = identitytest.WriteToken(t, id.Token(Namespace, sa))
 		p.IdentityDir = proxyDir(t)
-		for k, v := range m.Identity.Env(p.Identity, p.TokenFile) {
+		for k, v := range id.Env(p.Identity, p.TokenFile) {
 			env["SLUICE_PROXY_"+k] = v
 		}
 		env["SLUICE_PROXY_IDENTITY_DIR"] = p.IdentityDir
