@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -61,10 +62,12 @@ func Start(iface, filter, dir string) (*Capture, error) {
 	c := &Capture{file: filepath.Join(dir, "capture.pcap"), done: make(chan error, 1)}
 	// --immediate-mode and -U: deliver and write each packet at once (else
 	// packets still in the kernel's ring when tcpdump is stopped are lost);
-	// -s 0: whole packets; -n: no lookups.
+	// -s 0: whole packets, so each slot of the kernel's ring is 256 KiB;
+	// -B 131072: a 128 MiB ring (512 slots; the default 2 MiB holds 8, and
+	// the kernel drops what a busy tcpdump has not read); -n: no lookups.
 	// -Z root: keep root, or tcpdump drops to its own user, who may not
 	// write to dir.
-	c.cmd = exec.Command("tcpdump", "-i", iface, "-n", "--immediate-mode", "-U", "-s", "0", "-Z", "root", "-w", c.file, filter)
+	c.cmd = exec.Command("tcpdump", "-i", iface, "-n", "--immediate-mode", "-U", "-s", "0", "-B", "131072", "-Z", "root", "-w", c.file, filter)
 	c.cmd.Stderr = &c.stderr
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := c.cmd.Start(); err != nil {
@@ -88,9 +91,20 @@ func Start(iface, filter, dir string) (*Capture, error) {
 
 func (c *Capture) stderrText() string { return c.stderr.String() }
 
-// Stop ends tcpdump (which flushes its file) and returns the packets it
-// wrote.
+// quiet is how long the capture file must stay the same size before Stop
+// ends tcpdump, and settleMax the longest Stop waits for that.
+const (
+	quiet     = 300 * time.Millisecond
+	settleMax = 5 * time.Second
+)
+
+// Stop waits until the capture file has stopped growing (packets the
+// kernel still holds for tcpdump would be lost at SIGINT), ends tcpdump,
+// which flushes its file, and returns the packets it wrote. A capture the
+// kernel dropped packets from is an error: a lost packet may have held
+// what the caller looks for.
 func (c *Capture) Stop() ([]Packet, error) {
+	c.settle()
 	c.cmd.Process.Signal(syscall.SIGINT)
 	select {
 	case <-c.done:
@@ -103,7 +117,36 @@ func (c *Capture) Stop() ([]Packet, error) {
 		return nil, fmt.Errorf("open the capture: %w (tcpdump said: %s)", err, c.stderrText())
 	}
 	defer f.Close()
-	return Read(f)
+	ps, err := Read(f)
+	if err == nil {
+		// A lost packet could have carried what the caller looks for.
+		if m := droppedRE.FindStringSubmatch(c.stderrText()); m != nil && m[1] != "0" {
+			err = fmt.Errorf("tcpdump: %s packets dropped by the kernel; the capture is incomplete", m[1])
+		}
+	}
+	return ps, err
+}
+
+// droppedRE finds tcpdump's closing count of packets the kernel dropped.
+var droppedRE = regexp.MustCompile(`(\d+) packets? dropped by kernel`)
+
+// settle returns once the file's size has not changed for quiet, or after
+// settleMax.
+func (c *Capture) settle() {
+	size := func() int64 {
+		fi, err := os.Stat(c.file)
+		if err != nil {
+			return -1
+		}
+		return fi.Size()
+	}
+	last, since := size(), time.Now()
+	for start := time.Now(); time.Since(start) < settleMax && time.Since(since) < quiet; {
+		time.Sleep(50 * time.Millisecond)
+		if n := size(); n != last {
+			last, since = n, time.Now()
+		}
+	}
 }
 
 // Packet is one captured TCP segment.

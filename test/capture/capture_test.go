@@ -119,7 +119,7 @@ func TestCaptureLoopback(t *testing.T) {
 		}
 	}
 	if tlsFlows != 2 || plainFlows != 2 {
-		t.Fatalf("captured %d TLS and %d plain flows, want 2 of each (%d packets)", tlsFlows, plainFlows, len(ps))
+		t.Fatalf("captured %d TLS and %d plain flows, want 2 of each (%d packets); tcpdump: %s", tlsFlows, plainFlows, len(ps), c.stderrText())
 	}
 	all := Streams(ps)
 	found := false
