@@ -9,10 +9,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/sluice-mesh/sluice/test/netns"
 )
 
 func TestTLSRecords(t *testing.T) {
@@ -52,12 +52,8 @@ func TestTLSRecords(t *testing.T) {
 // into TLS records only, with the body nowhere in its bytes, while the
 // same body over plain HTTP is seen in the clear.
 func TestCaptureLoopback(t *testing.T) {
-	if os.Geteuid() != 0 {
-		missing(t, "capture: test needs root (running as euid %d)", os.Geteuid())
-	}
-	if _, err := exec.LookPath("tcpdump"); err != nil {
-		missing(t, "capture: test needs tcpdump (apt-get install tcpdump): %v", err)
-	}
+	netns.RequireRoot(t)
+	netns.RequireCommand(t, "tcpdump")
 	const secret = "the plaintext of a known request body"
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.Copy(w, r.Body) })
 	tlsSrv := httptest.NewUnstartedServer(h)
@@ -140,13 +136,4 @@ func listen(t *testing.T) net.Listener {
 		t.Fatal(err)
 	}
 	return l
-}
-
-// missing skips t, or fails it in CI (CI=true).
-func missing(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf(format+" (CI=true: failing instead of skipping)", args...)
-	}
-	t.Skipf(format, args...)
 }
