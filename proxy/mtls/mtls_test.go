@@ -3,9 +3,6 @@ package mtls_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -20,7 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluice-mesh/sluice/internal/meshmeta"
-	"github.com/sluice-mesh/sluice/internal/pki"
+	"github.com/sluice-mesh/sluice/internal/pki/pkitest"
 	"github.com/sluice-mesh/sluice/proxy/detect"
 	"github.com/sluice-mesh/sluice/proxy/mtls"
 	"github.com/sluice-mesh/sluice/proxy/netx"
@@ -32,47 +29,6 @@ var (
 	dbID    = meshmeta.IdentityName("db", "shop", meshmeta.DefaultTrustDomain)
 	otherID = meshmeta.IdentityName("other", "shop", meshmeta.DefaultTrustDomain)
 )
-
-// ca is a trust anchor with its issuer.
-type ca struct {
-	creds  *pki.Credentials
-	issuer *pki.Issuer
-	roots  *x509.CertPool
-}
-
-func newCA(t *testing.T) *ca {
-	t.Helper()
-	creds, err := pki.Generate(pki.GenerateOptions{Now: time.Now().Add(-48 * time.Hour)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	iss, err := pki.LoadIssuer(creds.IssuerCertPEM, creds.IssuerKeyPEM, creds.TrustAnchorPEM, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	anchors, _ := pki.ParseCertificates(creds.TrustAnchorPEM)
-	roots := x509.NewCertPool()
-	roots.AddCert(anchors[0])
-	return &ca{creds: creds, issuer: iss, roots: roots}
-}
-
-// issue returns a certificate for id valid from notBefore to notAfter.
-func (c *ca) issue(t *testing.T, id string, notBefore, notAfter time.Time) *tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := c.issuer.Sign(&key.PublicKey, id, notBefore, notAfter)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Certificate{Certificate: append([][]byte{leaf.Raw}, c.issuer.Chain()...), PrivateKey: key, Leaf: leaf}
-}
-
-func (c *ca) valid(t *testing.T, id string) *tls.Certificate {
-	return c.issue(t, id, time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
-}
 
 // creds is a fixed identity.
 type creds struct {
@@ -160,9 +116,9 @@ func handshake(t *testing.T, client, server *side, serverID, alpn string) (*tls.
 // A handshake between two valid identities: the server learns the client's
 // identity and the ALPN, and bytes flow both ways.
 func TestHandshake(t *testing.T) {
-	ca := newCA(t)
-	client := newSide(t, ca.roots, webID, ca.valid(t, webID))
-	server := newSide(t, ca.roots, dbID, ca.valid(t, dbID))
+	ca := pkitest.New(t)
+	client := newSide(t, ca.Roots, webID, ca.Valid(t, webID))
+	server := newSide(t, ca.Roots, dbID, ca.Valid(t, dbID))
 	for _, alpn := range []string{mtls.ALPNHTTP2, mtls.ALPNHTTP1, mtls.ALPNOpaque} {
 		t.Run(alpn, func(t *testing.T) {
 			tc, r, err := handshake(t, client, server, dbID, alpn)
@@ -193,9 +149,9 @@ func TestHandshake(t *testing.T) {
 // Each certificate problem is its own error, with a message that names it,
 // a log line and a count by reason.
 func TestHandshakeFailures(t *testing.T) {
-	ca, stranger := newCA(t), newCA(t)
+	ca, stranger := pkitest.New(t), pkitest.New(t)
 	now := time.Now()
-	webCert, dbCert := ca.valid(t, webID), ca.valid(t, dbID)
+	webCert, dbCert := ca.Valid(t, webID), ca.Valid(t, dbID)
 	for _, tc := range []struct {
 		name                   string
 		clientName             string
@@ -203,26 +159,26 @@ func TestHandshakeFailures(t *testing.T) {
 		// The side that refuses, and how.
 		dir, reason, msg string
 	}{
-		{name: "server identity mismatch", clientCert: webCert, serverCert: ca.valid(t, otherID),
+		{name: "server identity mismatch", clientCert: webCert, serverCert: ca.Valid(t, otherID),
 			dir: "outbound", reason: mtls.ReasonIdentityMismatch, msg: "tls: server identity mismatch: want " + dbID + ", got " + otherID},
-		{name: "server from an unknown CA", clientCert: webCert, serverCert: stranger.valid(t, dbID),
+		{name: "server from an unknown CA", clientCert: webCert, serverCert: stranger.Valid(t, dbID),
 			dir: "outbound", reason: mtls.ReasonUnknownAuthority, msg: "tls: server certificate for " + dbID + " is from an unknown authority"},
-		{name: "server certificate expired", clientCert: webCert, serverCert: ca.issue(t, dbID, now.Add(-2*time.Hour), now.Add(-time.Hour)),
+		{name: "server certificate expired", clientCert: webCert, serverCert: ca.Issue(t, dbID, now.Add(-2*time.Hour), now.Add(-time.Hour)),
 			dir: "outbound", reason: mtls.ReasonExpired, msg: "tls: server certificate for " + dbID + " expired at"},
-		{name: "server certificate not yet valid", clientCert: webCert, serverCert: ca.issue(t, dbID, now.Add(time.Hour), now.Add(2*time.Hour)),
+		{name: "server certificate not yet valid", clientCert: webCert, serverCert: ca.Issue(t, dbID, now.Add(time.Hour), now.Add(2*time.Hour)),
 			dir: "outbound", reason: mtls.ReasonNotYetValid, msg: "is not valid before"},
 		{name: "no local certificate", clientCert: nil, serverCert: dbCert,
 			dir: "outbound", reason: mtls.ReasonNoLocalCertificate, msg: "tls: no certificate for the local identity " + webID + " yet"},
-		{name: "client from an unknown CA", clientCert: stranger.valid(t, webID), serverCert: dbCert,
+		{name: "client from an unknown CA", clientCert: stranger.Valid(t, webID), serverCert: dbCert,
 			dir: "inbound", reason: mtls.ReasonUnknownAuthority, msg: "tls: client certificate for " + webID + " is from an unknown authority"},
-		{name: "client certificate expired", clientCert: ca.issue(t, webID, now.Add(-2*time.Hour), now.Add(-time.Hour)), serverCert: dbCert,
+		{name: "client certificate expired", clientCert: ca.Issue(t, webID, now.Add(-2*time.Hour), now.Add(-time.Hour)), serverCert: dbCert,
 			dir: "inbound", reason: mtls.ReasonExpired, msg: "tls: client certificate for " + webID + " expired at"},
 		{name: "server without a certificate yet", clientCert: webCert, serverCert: nil,
 			dir: "inbound", reason: mtls.ReasonNoLocalCertificate, msg: "tls: no certificate for the local identity " + dbID + " yet"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			client := newSide(t, ca.roots, webID, tc.clientCert)
-			server := newSide(t, ca.roots, dbID, tc.serverCert)
+			client := newSide(t, ca.Roots, webID, tc.clientCert)
+			server := newSide(t, ca.Roots, dbID, tc.serverCert)
 			conn, r, err := handshake(t, client, server, dbID, mtls.ALPNHTTP2)
 			refuser, refused := client, err
 			if tc.dir == "inbound" {
@@ -253,12 +209,12 @@ func TestHandshakeFailures(t *testing.T) {
 // A client without a certificate still gets TLS, without a client
 // identity.
 func TestClientWithoutCertificate(t *testing.T) {
-	ca := newCA(t)
-	server := newSide(t, ca.roots, dbID, ca.valid(t, dbID))
+	ca := pkitest.New(t)
+	server := newSide(t, ca.Roots, dbID, ca.Valid(t, dbID))
 	cc, sc := netxtest.Pair(t, netx.NewMem(), netip.MustParseAddrPort("10.0.0.2:8080"))
 	ch := make(chan acceptResult, 1)
 	go func() { a, err := server.tls.Accept(sc, 5*time.Second); ch <- acceptResult{a, err} }()
-	tc := tls.Client(cc, &tls.Config{ServerName: dbID, RootCAs: ca.roots, NextProtos: []string{mtls.ALPNOpaque}})
+	tc := tls.Client(cc, &tls.Config{ServerName: dbID, RootCAs: ca.Roots, NextProtos: []string{mtls.ALPNOpaque}})
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
@@ -272,11 +228,11 @@ func TestClientWithoutCertificate(t *testing.T) {
 // back untouched: the application completes its handshake with the client
 // on the replayed bytes, and the proxy wrote nothing.
 func TestPassthrough(t *testing.T) {
-	ca := newCA(t)
-	server := newSide(t, ca.roots, dbID, ca.valid(t, dbID))
+	ca := pkitest.New(t)
+	server := newSide(t, ca.Roots, dbID, ca.Valid(t, dbID))
 	// The application's own PKI.
-	app := newCA(t)
-	appCert := app.valid(t, "shop.example.com")
+	app := pkitest.New(t)
+	appCert := app.Valid(t, "shop.example.com")
 	for _, sni := range []string{"shop.example.com", ""} {
 		t.Run("sni="+sni, func(t *testing.T) {
 			cc, sc := netxtest.Pair(t, netx.NewMem(), netip.MustParseAddrPort("10.0.0.2:443"))
@@ -287,7 +243,7 @@ func TestPassthrough(t *testing.T) {
 			}()
 			clientDone := make(chan error, 1)
 			go func() {
-				tc := tls.Client(cc, &tls.Config{ServerName: sni, RootCAs: app.roots, InsecureSkipVerify: sni == ""})
+				tc := tls.Client(cc, &tls.Config{ServerName: sni, RootCAs: app.Roots, InsecureSkipVerify: sni == ""})
 				clientDone <- tc.Handshake()
 			}()
 			r := netxtest.Await(t, ch, "Accept")
@@ -308,8 +264,8 @@ func TestPassthrough(t *testing.T) {
 // Bytes that start like a TLS record but are no ClientHello are replayed
 // as they came.
 func TestNotAClientHello(t *testing.T) {
-	ca := newCA(t)
-	server := newSide(t, ca.roots, dbID, ca.valid(t, dbID))
+	ca := pkitest.New(t)
+	server := newSide(t, ca.Roots, dbID, ca.Valid(t, dbID))
 	cc, sc := netxtest.Pair(t, netx.NewMem(), netip.MustParseAddrPort("10.0.0.2:443"))
 	garbage := "\x16\x03\x01\x00\x05hello, not a handshake|rest"
 	netxtest.Write(t, cc, garbage)

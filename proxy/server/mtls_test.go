@@ -2,11 +2,7 @@ package server
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -23,7 +19,7 @@ import (
 
 	tappb "github.com/sluice-mesh/sluice/controlplane/api/tap"
 	"github.com/sluice-mesh/sluice/internal/meshmeta"
-	"github.com/sluice-mesh/sluice/internal/pki"
+	"github.com/sluice-mesh/sluice/internal/pki/pkitest"
 	"github.com/sluice-mesh/sluice/proxy/discovery"
 	"github.com/sluice-mesh/sluice/proxy/httpproxy"
 	"github.com/sluice-mesh/sluice/proxy/netx"
@@ -303,25 +299,15 @@ func TestUnmeshedClientsAndApplicationTLS(t *testing.T) {
 	}
 
 	// The application terminates its own TLS on 8443.
-	appCA, err := pki.Generate(pki.GenerateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	iss, err := pki.LoadIssuer(appCA.IssuerCertPEM, appCA.IssuerKeyPEM, appCA.TrustAnchorPEM, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	appCert := issueFor(t, iss, "db.example.com")
+	appCA := pkitest.New(t)
+	appCert := appCA.Valid(t, "db.example.com")
 	l := netxtest.Listen(t, m.mem, netip.MustParseAddrPort("127.0.0.1:8443"))
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "app TLS") }),
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{*appCert}}}
 	go srv.ServeTLS(l, "", "")
 	t.Cleanup(func() { srv.Close() })
-	anchors, _ := pki.ParseCertificates(appCA.TrustAnchorPEM)
-	roots := x509.NewCertPool()
-	roots.AddCert(anchors[0])
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "db.example.com"},
+		TLSClientConfig: &tls.Config{RootCAs: appCA.Roots, ServerName: "db.example.com"},
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return m.mem.DialAs(ctx, netip.MustParseAddrPort("10.0.0.9:50001"), dbInbound, dbAppTLS)
 		},
@@ -348,18 +334,3 @@ func TestNotReadyWithoutCertificate(t *testing.T) {
 	}
 	waitReady(t, s)
 }
-
-func issueFor(t *testing.T, iss *pki.Issuer, name string) *tls.Certificate {
-	t.Helper()
-	key, err := ecdsaKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := iss.Sign(key.Public(), name, time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Certificate{Certificate: append([][]byte{leaf.Raw}, iss.Chain()...), PrivateKey: key, Leaf: leaf}
-}
-
-func ecdsaKey() (*ecdsa.PrivateKey, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }

@@ -2,11 +2,7 @@ package mesh
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -18,7 +14,7 @@ import (
 	"time"
 
 	"github.com/sluice-mesh/sluice/internal/meshmeta"
-	"github.com/sluice-mesh/sluice/internal/pki"
+	"github.com/sluice-mesh/sluice/internal/pki/pkitest"
 	"github.com/sluice-mesh/sluice/proxy/detect"
 	"github.com/sluice-mesh/sluice/proxy/mtls"
 )
@@ -40,32 +36,11 @@ func (f fixedIdentity) Certificate() *tls.Certificate { return f.cert }
 // writes after Accept, so a handshake counts once both sides are done.
 func measureHandshakes(tb testing.TB, d time.Duration, parallel int) Handshakes {
 	tb.Helper()
-	creds, err := pki.Generate(pki.GenerateOptions{})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	iss, err := pki.LoadIssuer(creds.IssuerCertPEM, creds.IssuerKeyPEM, creds.TrustAnchorPEM, time.Now())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	anchors, err := pki.ParseCertificates(creds.TrustAnchorPEM)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(anchors[0])
+	ca := pkitest.New(tb)
 	side := func(sa string) *mtls.TLS {
 		id := meshmeta.IdentityName(sa, namespace, meshmeta.DefaultTrustDomain)
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		leaf, err := iss.Sign(&key.PublicKey, id, time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
-		if err != nil {
-			tb.Fatal(err)
-		}
-		cert := &tls.Certificate{Certificate: append([][]byte{leaf.Raw}, iss.Chain()...), PrivateKey: key, Leaf: leaf}
-		m, err := mtls.New(mtls.Options{Local: fixedIdentity{id, cert}, Roots: roots, TrustDomain: meshmeta.DefaultTrustDomain})
+		cert := ca.Valid(tb, id)
+		m, err := mtls.New(mtls.Options{Local: fixedIdentity{id, cert}, Roots: ca.Roots, TrustDomain: meshmeta.DefaultTrustDomain})
 		if err != nil {
 			tb.Fatal(err)
 		}
