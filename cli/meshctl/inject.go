@@ -28,25 +28,6 @@ const clusterTimeout = 10 * time.Second
 // manifestExts are the files a directory argument contributes.
 var manifestExts = []string{".yaml", ".yml", ".json"}
 
-// kubeFlags locate the cluster.
-type kubeFlags struct {
-	kubeconfig  string
-	kubeContext string
-}
-
-func (k *kubeFlags) bind(cmd *cobra.Command) {
-	f := cmd.Flags()
-	f.StringVar(&k.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")
-	f.StringVar(&k.kubeContext, "context", "", "kubeconfig context (default: the current context)")
-}
-
-// clientConfig is the kubeconfig's client configuration.
-func (k *kubeFlags) clientConfig() clientcmd.ClientConfig {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = k.kubeconfig
-	return clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: k.kubeContext})
-}
-
 type injectOptions struct {
 	kubeFlags
 	values        *inject.ValueFlags
