@@ -1,0 +1,104 @@
+package install
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+	"sigs.k8s.io/yaml"
+
+	"github.com/sluice-mesh/sluice/internal/pki"
+)
+
+// TestMerge: files in order, then --set; the base is not modified; bad
+// input names what is bad.
+func TestMerge(t *testing.T) {
+	dir := t.TempDir()
+	a := filepath.Join(dir, "a.yaml")
+	b := filepath.Join(dir, "b.yaml")
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(a, []byte("proxy:\n  logLevel: debug\n  uid: 2102\ndestination:\n  replicas: 2\n"), 0o644)
+	os.WriteFile(b, []byte("proxy:\n  logLevel: warn\n"), 0o644)
+	os.WriteFile(bad, []byte("proxy: [\n"), 0o644)
+	base := map[string]any{"proxy": map[string]any{"opaquePorts": "25"}}
+	got, err := ValueOptions{Files: []string{a, b}, Set: []string{"destination.replicas=3,interceptionMode=iptables"}}.Merge(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "destination:\n  replicas: 3\ninterceptionMode: iptables\nproxy:\n  logLevel: warn\n  opaquePorts: \"25\"\n  uid: 2102\n"
+	if y, _ := yaml.Marshal(got); string(y) != want {
+		t.Errorf("merged:\n%s\nwant:\n%s", y, want)
+	}
+	if len(base["proxy"].(map[string]any)) != 1 {
+		t.Errorf("base was modified: %v", base)
+	}
+	for _, tc := range []struct {
+		o    ValueOptions
+		want string
+	}{
+		{ValueOptions{Files: []string{filepath.Join(dir, "missing.yaml")}}, "missing.yaml"},
+		{ValueOptions{Files: []string{bad}}, "bad.yaml"},
+		{ValueOptions{Set: []string{"proxy.logLevel"}}, "--set proxy.logLevel"},
+	} {
+		if _, err := tc.o.Merge(nil); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Merge(%+v) = %v, want an error naming %q", tc.o, err, tc.want)
+		}
+	}
+}
+
+// TestWithGeneratedIdentity generates a root and issuer that load as an
+// issuer, once: given anchors are kept.
+func TestWithGeneratedIdentity(t *testing.T) {
+	vals, err := WithGeneratedIdentity(map[string]any{"identity": map[string]any{"trustDomain": "example.org"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	anchors, crt, key := lookup(vals, anchorsPath), lookup(vals, issuerCrtPath), lookup(vals, issuerKeyPath)
+	if _, err := pki.LoadIssuer([]byte(crt), []byte(key), []byte(anchors), time.Now()); err != nil {
+		t.Fatalf("generated issuer does not load: %v", err)
+	}
+	again, err := WithGeneratedIdentity(vals)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lookup(again, anchorsPath) != anchors {
+		t.Error("anchors given were replaced")
+	}
+}
+
+// TestPreviousValues reads what install left: the user's values and the
+// identity credentials.
+func TestPreviousValues(t *testing.T) {
+	user := map[string]any{"proxy": map[string]any{"logLevel": "debug"}}
+	obj, err := ValuesObject("mesh", user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := obj.Object["stringData"].(map[string]any)
+	client := fake.NewClientset(
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: ValuesSecret, Namespace: "mesh"}, Data: map[string][]byte{ValuesKey: []byte(data[ValuesKey].(string))}},
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: TrustRootsConfigMap, Namespace: "mesh"}, Data: map[string]string{TrustRootsKey: "ROOTS"}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: IssuerSecret, Namespace: "mesh"}, Data: map[string][]byte{"tls.crt": []byte("CRT"), "tls.key": []byte("KEY")}},
+	)
+	gotUser, id, err := PreviousValues(t.Context(), client, "mesh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lookup(gotUser, "proxy.logLevel") != "debug" {
+		t.Errorf("user values: %v", gotUser)
+	}
+	if lookup(id, anchorsPath) != "ROOTS" || lookup(id, issuerCrtPath) != "CRT" || lookup(id, issuerKeyPath) != "KEY" {
+		t.Errorf("identity values: %v", id)
+	}
+	if _, _, err := PreviousValues(t.Context(), fake.NewClientset(), "mesh"); err == nil || !strings.Contains(err.Error(), TrustRootsConfigMap) {
+		t.Errorf("without trust roots: %v, want an error naming %s", err, TrustRootsConfigMap)
+	}
+	if ok, err := Installed(t.Context(), client, "mesh"); ok || err != nil {
+		t.Errorf("Installed without %s = %v, %v", ConfigMap, ok, err)
+	}
+}
