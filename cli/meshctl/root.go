@@ -38,6 +38,7 @@ programs instead of iptables.`,
 		SilenceErrors: true,
 	}
 	cmd.AddCommand(newCmdCheck(global), newCmdInject(global), newCmdUninject(global))
+	cmd.AddCommand(newCmdStat(global), newCmdTop(global), newCmdEdges(global), newCmdTap(global), newCmdDashboard(global))
 	return cmd
 }
 
