@@ -1,5 +1,5 @@
 // Package command holds sluice-agent's cobra commands: run, enroll,
-// unenroll, list, status and uninstall.
+// unenroll, list, status, uninstall, iptables-init and node-facts.
 package command
 
 import (
@@ -36,6 +36,7 @@ import (
 	"github.com/sluice-mesh/sluice/agent/probe"
 	"github.com/sluice-mesh/sluice/agent/server"
 	"github.com/sluice-mesh/sluice/bpf"
+	"github.com/sluice-mesh/sluice/internal/nodefacts"
 )
 
 // Version is set at build time.
@@ -52,7 +53,7 @@ on a unix socket. Killing the agent loses no connection and no enrollment: a
 restarted agent re-adopts what is pinned.`,
 		SilenceUsage: true,
 	}
-	root.AddCommand(newCmdRun(), newCmdEnroll(), newCmdUnenroll(), newCmdList(), newCmdStatus(), newCmdUninstall(), newCmdIPTablesInit())
+	root.AddCommand(newCmdRun(), newCmdEnroll(), newCmdUnenroll(), newCmdList(), newCmdStatus(), newCmdUninstall(), newCmdIPTablesInit(), newCmdNodeFacts())
 	return root
 }
 
@@ -138,7 +139,10 @@ func newCmdRun() *cobra.Command {
 		Short: "Load the programs, serve the admin API and metrics until stopped",
 		Long: `run probes the kernel, loads and attaches the steering programs (or adopts and,
 if they changed, upgrades the ones an earlier agent pinned), then serves the
-admin API on --socket and Prometheus metrics on --metrics-addr.
+admin API on --socket and, on --metrics-addr, Prometheus metrics (/metrics),
+its probes (/live, /ready) and, read-only, its status (/status, as the admin
+API's /v1/status) and the node's kernel facts (/node-facts, as the node-facts
+command prints them).
 
 With --node-name (or $NODE_NAME) it also watches the node's pods through the
 Kubernetes API (--kubeconfig, or the pod's service account in a cluster) and
@@ -165,7 +169,7 @@ steered. Use 'sluice-agent uninstall' to remove everything.`,
 	f.StringVar(&o.cgroupRoot, "cgroup-root", "", "cgroup v2 directory to attach to (default: the cgroup v2 mount)")
 	f.StringVar(&o.stateDir, "state-dir", o.stateDir, "directory of the admin socket and the enrollment record")
 	f.StringVar(&o.socket, "socket", "", "admin API unix socket (default <state-dir>/agent.sock)")
-	f.StringVar(&o.metricsAddr, "metrics-addr", o.metricsAddr, "address of the Prometheus /metrics endpoint; empty disables it")
+	f.StringVar(&o.metricsAddr, "metrics-addr", o.metricsAddr, "address of the HTTP port of /metrics, /live, /ready, /status and /node-facts; empty disables it")
 	f.BoolVar(&o.noRedirect, "no-redirect", false, "do not attach the sk_msg redirect (connections are still steered)")
 	f.Uint32Var(&o.maxPods, "max-pods", o.maxPods, "capacity of the pod maps; changing it needs an uninstall")
 	f.StringVar(&o.logLevel, "log-level", o.logLevel, "debug, info, warn or error")
@@ -285,19 +289,12 @@ func (o *runOptions) run(cmd *cobra.Command) error {
 	}
 
 	if o.metricsAddr != "" {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		// The programs are loaded and attached and the admin API serves by
-		// now: the agent is live and ready (its DaemonSet's probes).
-		for _, path := range []string{"/live", "/ready"} {
-			answer := strings.TrimPrefix(path, "/") + "\n"
-			mux.HandleFunc(path, func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, answer) })
-		}
 		mln, err := net.Listen("tcp", o.metricsAddr)
 		if err != nil {
 			return fmt.Errorf("listen for metrics on %s: %w", o.metricsAddr, err)
 		}
-		msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		h := httpHandler(reg, a.status, nodefacts.Host{ProcRoot: "/proc", SysRoot: "/sys", MountsOf: "1"}.Gather)
+		msrv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = msrv.Serve(mln) }()
 		defer msrv.Close()
 		log.Info("serving metrics", "addr", mln.Addr().String())
@@ -319,6 +316,25 @@ func (o *runOptions) run(cmd *cobra.Command) error {
 			m.Reconcile(ctx, n%gcEvery == 0)
 		}
 	}
+}
+
+// httpHandler serves the agent's HTTP port (--metrics-addr, the port named
+// "admin" of its DaemonSet): GET /metrics, /live and /ready for Prometheus
+// and the kubelet, and, read-only, GET /status (the admin API's status) and
+// GET /node-facts (the node's kernel facts, as `sluice-agent node-facts`
+// prints them), which meshctl check reads through the API server's pod
+// proxy. The programs are loaded and attached and the admin API serves by
+// the time it is served: the agent is live and ready.
+func httpHandler(g prometheus.Gatherer, status func() api.Status, facts func() nodefacts.Facts) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	for _, path := range []string{"/live", "/ready"} {
+		answer := strings.TrimPrefix(path, "/") + "\n"
+		mux.HandleFunc(path, func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, answer) })
+	}
+	mux.Handle("GET /status", server.JSONHandler(status))
+	mux.Handle("GET /node-facts", server.JSONHandler(facts))
+	return mux
 }
 
 // kubeClient returns a Kubernetes client from the kubeconfig at path or,

@@ -62,10 +62,17 @@ func Handler(e Enroller, status func() api.Status, log *slog.Logger) http.Handle
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, status())
-	})
+	mux.Handle("GET /v1/status", JSONHandler(status))
 	return mux
+}
+
+// JSONHandler answers every request it gets with get's result as JSON. The
+// admin API serves the agent's status with it, and so does the agent's
+// read-only HTTP port (see sluice-agent run).
+func JSONHandler[T any](get func() T) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, get())
+	})
 }
 
 func code(err error) int {
