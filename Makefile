@@ -7,7 +7,7 @@ CLUSTER := test/cluster
 STATICCHECK = $(shell $(GO) tool -n staticcheck)
 FUZZTIME ?= 100000x
 
-.PHONY: help deps generate check-generate build test test-cluster fuzz test-unit bench bench-steering bench-proxy bench-destination lint demo cluster-up cluster-down clean
+.PHONY: help deps generate check-generate build test test-cluster fuzz test-unit bench bench-steering bench-proxy bench-destination lint demo demo-down cluster-up cluster-down clean
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -15,15 +15,15 @@ help: ## Show the targets.
 deps: ## Install the Debian packages the build and tests need (as root).
 	@bash test/deps.sh
 
-generate: ## Regenerate the bpf2go objects and the protobuf/gRPC code.
-	$(GO) generate ./bpf/... ./controlplane/api/...
+generate: ## Regenerate the bpf2go objects and the protobuf/gRPC code (the control plane's and the demo's).
+	$(GO) generate ./bpf/... ./controlplane/api/... ./test/demo/api/...
 
 check-generate: generate ## Fail if the committed generated code is stale.
-	@git diff --exit-code --stat -- bpf/ controlplane/api/ || { echo "generated code is stale: run 'make generate' and commit"; exit 1; }
+	@git diff --exit-code --stat -- bpf/ controlplane/api/ test/demo/api/ || { echo "generated code is stale: run 'make generate' and commit"; exit 1; }
 
 build: ## Build every binary into bin/.
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./agent/cmd/... ./cli/cmd/... ./proxy/cmd/...
+	$(GO) build -o $(BIN)/ ./agent/cmd/... ./cli/cmd/... ./proxy/cmd/... ./controlplane/cmd/...
 
 test: deps check-generate lint ## Run every test as root on the real kernel (what CI runs), the local cluster's, then the fuzzers briefly.
 	$(GO) test -count=1 -timeout 40m -p 2 $(PKGS)
@@ -63,8 +63,11 @@ lint: ## gofmt, go vet and staticcheck.
 	$(GO) tool staticcheck $(PKGS)
 	cd $(CLUSTER) && $(GO) vet ./... && $(STATICCHECK) ./...
 
-demo: ## A local cluster with the mesh and a demo app: not yet.
-	@echo "make demo: not yet. The local cluster and the demo app arrive with issues 5 and 8."; exit 2
+demo: deps ## The local cluster with Sluice (meshctl install) and the demo app meshed, traffic flowing; then what to try. Stop with make demo-down.
+	$(GO) run ./test/demo/cmd/demo up
+
+demo-down: ## Remove the demo and Sluice (pinned eBPF state included) and stop the local cluster.
+	$(GO) run ./test/demo/cmd/demo down
 
 clean: ## Remove build output.
 	rm -rf $(BIN)

@@ -78,7 +78,7 @@ func (i *Installer) Apply(ctx context.Context, objs []*unstructured.Unstructured
 	return i.applier.Apply(ctx, objs)
 }
 
-// Wait waits until every Deployment and DaemonSet among objs has all its
+// Wait waits until every Deployment, StatefulSet and DaemonSet among objs has all its
 // pods updated and ready and every APIService is Available. It prints a
 // line when each becomes ready and, every ten seconds, what it still
 // waits for. When ctx ends first the error lists what was not ready.
@@ -141,6 +141,18 @@ func (i *Installer) objectReady(ctx context.Context, o *unstructured.Unstructure
 		st := d.Status
 		ok := st.ObservedGeneration >= d.Generation && st.UpdatedReplicas == want && st.AvailableReplicas == want && st.Replicas == want
 		return ok, fmt.Sprintf("%d/%d ready", st.AvailableReplicas, want)
+	case "StatefulSet":
+		d, err := i.Client.AppsV1().StatefulSets(o.GetNamespace()).Get(ctx, o.GetName(), metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		want := int32(1)
+		if d.Spec.Replicas != nil {
+			want = *d.Spec.Replicas
+		}
+		st := d.Status
+		ok := st.ObservedGeneration >= d.Generation && st.UpdatedReplicas == want && st.ReadyReplicas == want
+		return ok, fmt.Sprintf("%d/%d ready", st.ReadyReplicas, want)
 	case "DaemonSet":
 		d, err := i.Client.AppsV1().DaemonSets(o.GetNamespace()).Get(ctx, o.GetName(), metav1.GetOptions{})
 		if err != nil {

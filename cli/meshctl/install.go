@@ -158,7 +158,7 @@ func (o *installOptions) runInstall(ctx context.Context, stdout, stderr io.Write
 		return err
 	}
 	if installed {
-		return fmt.Errorf("Sluice is already installed in namespace %s: use `meshctl upgrade` to change it, or `meshctl uninstall` first", cl.namespace)
+		return fmt.Errorf("already installed: Sluice runs in namespace %s; use `meshctl upgrade` to change it, or `meshctl uninstall` first", cl.namespace)
 	}
 	return o.apply(ctx, cl, vals, user, stderr, "installed")
 }

@@ -37,7 +37,8 @@ programs instead of iptables.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	cmd.AddCommand(newCmdCheck(global), newCmdInject(global), newCmdUninject(global))
+	cmd.AddCommand(newCmdCheck(global), newCmdInject(global), newCmdUninject(global),
+		newCmdInstall(global), newCmdUpgrade(global), newCmdUninstall(global), newCmdVersion(global))
 	cmd.AddCommand(newCmdStat(global), newCmdTop(global), newCmdEdges(global), newCmdTap(global), newCmdDashboard(global))
 	return cmd
 }

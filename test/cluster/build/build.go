@@ -30,6 +30,11 @@ const (
 	KubernetesVersion = "v1.34.4"
 	CoreDNSVersion    = "v1.13.2"
 	CNIPluginsVersion = "v1.9.1"
+	// PrometheusVersion is github.com/prometheus/prometheus's module
+	// version (v0.316.0 is Prometheus 3.16.0). Debian 12's prometheus is
+	// built without Kubernetes service discovery, which the Sluice chart's
+	// scrape configuration uses, as every Kubernetes install does.
+	PrometheusVersion = "v0.316.0"
 )
 
 // KubernetesCommands are the Kubernetes programs the cluster runs, each
@@ -72,6 +77,8 @@ type Binaries struct {
 	CoreDNS string
 	// CNIDir is the directory holding the CNI plugins.
 	CNIDir string
+	// Prometheus is the prometheus program (promtool is beside it).
+	Prometheus string
 	// Own maps the base name of each of this module's commands to its path.
 	Own map[string]string
 }
@@ -89,6 +96,9 @@ func (c Cache) All(ctx context.Context, ownPkgs ...string) (Binaries, error) {
 		return b, err
 	}
 	if b.CNIDir, err = c.CNIPlugins(ctx); err != nil {
+		return b, err
+	}
+	if b.Prometheus, err = c.Prometheus(ctx); err != nil {
 		return b, err
 	}
 	if b.Own, err = c.Own(ctx, ownPkgs...); err != nil {
@@ -130,6 +140,22 @@ func (c Cache) CoreDNS(ctx context.Context) (string, error) {
 		return "", err
 	}
 	return filepath.Join(dir, "coredns"), nil
+}
+
+// Prometheus builds prometheus and promtool at PrometheusVersion from
+// their module, with the service discoveries a cluster needs (Kubernetes,
+// file, HTTP and static; Prometheus' build tags leave out the clouds'),
+// and returns prometheus's path.
+func (c Cache) Prometheus(ctx context.Context) (string, error) {
+	dir, err := c.cached(ctx, "prometheus-"+PrometheusVersion+"-k8s", []string{"prometheus", "promtool"}, func(ctx context.Context, tmp string) error {
+		return c.goCmd(ctx, []string{"GOBIN=" + tmp}, "install", "-trimpath", "-tags", "remove_all_sd,enable_kubernetes_sd",
+			"github.com/prometheus/prometheus/cmd/prometheus@"+PrometheusVersion,
+			"github.com/prometheus/prometheus/cmd/promtool@"+PrometheusVersion)
+	})
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, "prometheus"), nil
 }
 
 // CNIPlugins builds the CNI plugins at CNIPluginsVersion from their own

@@ -15,13 +15,21 @@ import (
 // EchoImage is the image reference of the echo test program (cmd/echo).
 const EchoImage = "sluice.test/echo:*"
 
-// DefaultImages is the image table Up starts with: CoreDNS and the echo
-// program from the build cache, and Debian programs of this machine (an
-// entry whose program is not installed is left out).
+// PrometheusImage is the image reference of Prometheus, mapped to the
+// build cache's Prometheus (built from its module: Debian's lacks
+// Kubernetes service discovery).
+const PrometheusImage = "docker.io/prom/prometheus:*"
+
+// DefaultImages is the image table Up starts with: CoreDNS, Prometheus
+// and the echo program from the build cache, and Debian programs of this
+// machine (an entry whose program is not installed is left out).
 func DefaultImages(b build.Binaries) []ImageMapping {
 	var out []ImageMapping
 	if b.CoreDNS != "" {
 		out = append(out, ImageMapping{Image: "registry.k8s.io/coredns/coredns:*", Program: b.CoreDNS})
+	}
+	if b.Prometheus != "" {
+		out = append(out, ImageMapping{Image: PrometheusImage, Program: b.Prometheus})
 	}
 	if echo := b.Own["echo"]; echo != "" {
 		out = append(out, ImageMapping{Image: EchoImage, Program: echo})
@@ -30,7 +38,6 @@ func DefaultImages(b build.Binaries) []ImageMapping {
 		{Image: "docker.io/library/nginx:*", Program: "/usr/sbin/nginx", Args: []string{"-g", "daemon off;"}},
 		{Image: "docker.io/library/busybox:*", Program: "/bin/busybox", Args: []string{"sh"}},
 		{Image: "docker.io/curlimages/curl:*", Program: "/usr/bin/curl"},
-		{Image: "docker.io/prom/prometheus:*", Program: "/usr/bin/prometheus"},
 	}
 	for _, m := range debian {
 		if _, err := os.Stat(m.Program); err == nil {
