@@ -247,6 +247,7 @@ type loadgenOptions struct {
 	concurrency int
 	wsConns     int
 	wsInterval  time.Duration
+	wsLifetime  time.Duration
 	report      time.Duration
 	timeout     time.Duration
 }
@@ -270,13 +271,14 @@ func (o *loadgenOptions) config() LoadgenConfig {
 		Concurrency:    o.concurrency,
 		WSConns:        o.wsConns,
 		WSSendInterval: o.wsInterval,
+		WSLifetime:     o.wsLifetime,
 		Report:         o.report,
 		Timeout:        o.timeout,
 	}
 }
 
 func (o *loadgenOptions) validate() error {
-	if o.concurrency < 1 || o.wsConns < 0 || o.wsInterval <= 0 || o.report <= 0 || o.timeout <= 0 {
+	if o.concurrency < 1 || o.wsConns < 0 || o.wsInterval <= 0 || o.wsLifetime < 0 || o.report <= 0 || o.timeout <= 0 {
 		return errors.New("validate flags: --concurrency must be at least 1, --ws-conns not negative, durations positive")
 	}
 	_, err := NewLoadgen(o.config())
@@ -312,6 +314,7 @@ connections is retried with backoff; loadgen runs until SIGTERM.`,
 	f.IntVar(&o.concurrency, "concurrency", o.concurrency, "most HTTP requests in flight at once")
 	f.IntVar(&o.wsConns, "ws-conns", o.wsConns, "WebSocket connections to keep open")
 	f.DurationVar(&o.wsInterval, "ws-interval", o.wsInterval, "time between two messages sent on each WebSocket connection")
+	f.DurationVar(&o.wsLifetime, "ws-lifetime", o.wsLifetime, "close each WebSocket connection after this long and open a new one (0: keep it)")
 	f.DurationVar(&o.report, "report", o.report, "time between two summary lines")
 	f.DurationVar(&o.timeout, "timeout", o.timeout, "bound of each request and WebSocket handshake")
 	return cmd

@@ -36,6 +36,10 @@ type LoadgenConfig struct {
 	// WSSendInterval is how often each WebSocket connection sends a
 	// message (which ticker echoes); zero means 5s.
 	WSSendInterval time.Duration
+	// WSLifetime, when positive, closes each WebSocket connection normally
+	// after that long and opens a new one at once, so that the services
+	// see new WebSocket sessions (requests), not only one long stream.
+	WSLifetime time.Duration
 	// Report is how often to log a summary; zero means 10s.
 	Report time.Duration
 	// Timeout bounds each request and WebSocket handshake; zero means 5s.
@@ -248,14 +252,21 @@ func (g *Loadgen) get(ctx context.Context, path string) {
 	g.count(func(s *Stats) { s.Status[resp.StatusCode]++ })
 }
 
+// errLifetimeOver ends a WebSocket session that lasted WSLifetime.
+var errLifetimeOver = errors.New("session lifetime over")
+
 // holdWS keeps one WebSocket connection open until ctx ends, dialing again
-// with backoff whenever it fails.
+// with backoff whenever it fails, and at once when its lifetime is over.
 func (g *Loadgen) holdWS(ctx context.Context, id int) {
 	b := backoff{min: g.cfg.BackoffMin, max: g.cfg.BackoffMax}
 	for ctx.Err() == nil {
 		healthy, err := g.wsSession(ctx)
 		if ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, errLifetimeOver) {
+			b.succeed()
+			continue
 		}
 		if healthy {
 			b.succeed()
@@ -308,12 +319,22 @@ func (g *Loadgen) wsSession(ctx context.Context) (healthy bool, err error) {
 	}
 	t := time.NewTicker(g.cfg.WSSendInterval)
 	defer t.Stop()
+	var over <-chan time.Time
+	if g.cfg.WSLifetime > 0 {
+		lt := time.NewTimer(g.cfg.WSLifetime)
+		defer lt.Stop()
+		over = lt.C
+	}
 	for seq := 1; ; seq++ {
 		select {
 		case <-ctx.Done():
 			msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "loadgen stopping")
 			_ = c.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
 			return wasHealthy(), ctx.Err()
+		case <-over:
+			msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "session lifetime over")
+			_ = c.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+			return wasHealthy(), errLifetimeOver
 		case err := <-readErr:
 			return wasHealthy(), err
 		case <-t.C:

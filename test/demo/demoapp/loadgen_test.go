@@ -246,3 +246,18 @@ func TestDemoGraph(t *testing.T) {
 		t.Errorf("stats = %+v, want no errors", st)
 	}
 }
+
+// TestLoadgenWSLifetime: with a lifetime, each WebSocket session ends
+// normally and a new one starts, without counting failures.
+func TestLoadgenWSLifetime(t *testing.T) {
+	srv := httptest.NewServer(newTargetServer())
+	t.Cleanup(srv.Close)
+	g, _ := runLoadgen(t, LoadgenConfig{
+		Target: srv.URL, RPS: 1, WSConns: 1,
+		WSSendInterval: 5 * time.Millisecond, WSLifetime: 30 * time.Millisecond,
+	})
+	waitFor(t, "three WebSocket sessions", func() bool { return g.Stats().WSConnects >= 3 })
+	if st := g.Stats(); st.WSFailures != 0 || st.WSOpen > 1 {
+		t.Errorf("stats = %+v: want no WebSocket failure and at most one open", st)
+	}
+}
