@@ -7,8 +7,9 @@
 // Checks share what they learn through an explicit State filled by the checks
 // that others declare as prerequisites (Requires), never through ordering
 // alone: a check whose prerequisite did not pass is reported as skipped and
-// not run. Results go to an Observer as they are produced; the table and JSON
-// renderers in this package are two such observers.
+// not run. A fatal check that fails ends the run. Results go to an Observer
+// as they are produced; the table and JSON renderers in this package are two
+// such observers.
 package healthcheck
 
 import (
@@ -17,7 +18,13 @@ import (
 	"fmt"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/version"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/sluice-mesh/sluice/agent/api"
+	"github.com/sluice-mesh/sluice/internal/nodefacts"
 )
 
 // CategoryID names a group of checks, as shown above them in the table
@@ -45,6 +52,10 @@ type Checker struct {
 	Hint string
 	// Warning makes a failure a warning: reported, but not failing the run.
 	Warning bool
+	// Fatal ends the run when the check fails: no later check runs or is
+	// reported. For checks without which nothing else can say anything
+	// useful (the cluster is reachable, Sluice is installed).
+	Fatal bool
 	// RetryDeadline is how long the check keeps retrying while it fails,
 	// from its first attempt. Zero runs it once.
 	RetryDeadline time.Duration
@@ -64,21 +75,67 @@ type Checker struct {
 	// Detail, if set, returns a short note shown after the description when
 	// the check passes (where cgroup v2 is mounted, say), read from State.
 	Detail func(s *State) string
+	// Category, set on a checker that Expand returns, reports it (and what
+	// it expands to) under that category instead of its parent's: one
+	// category per node, say. Empty: the parent's.
+	Category CategoryID
 }
 
 // State is the context shared by the checks of one run. Each field is filled
 // by the check named in its comment; a check that reads a field must require
-// that check, which guarantees the field is set when the check runs.
+// that check, which guarantees the field is set when the check runs. Maps
+// are keyed by node name, "" standing for the machine meshctl runs on; use
+// the Set methods, which make them.
 type State struct {
-	// Kernel is the local kernel's release (uname -r); set by the ebpfcheck
-	// "kernel is 5.10 or newer" check.
-	Kernel string
-	// CgroupV2 is where the cgroup v2 hierarchy is mounted on this machine;
-	// set by the ebpfcheck "cgroup v2 is mounted" check.
-	CgroupV2 string
-	// Agent is the node agent's status; set by the ebpfcheck "agent is
+	// Cluster is the Kubernetes cluster under check; set by the kubecheck
+	// "can reach the Kubernetes API" check.
+	Cluster *Cluster
+	// Agents are the node agents' statuses; set by the ebpfcheck "agent is
+	// reachable" check (key "") and by each node's "agent status is
 	// reachable" check.
-	Agent *api.Status
+	Agents map[string]*api.Status
+	// AgentPods are the agent DaemonSet's pods, ordered by node; set by the
+	// ebpfcheck "agent DaemonSet exists" check.
+	AgentPods []corev1.Pod
+	// NodeFacts are the kernel facts of every node, or why they could not be
+	// read; set by the kubecheck "kernel facts are read from every node"
+	// check.
+	NodeFacts map[string]NodeFacts
+	// TrustAnchorsPEM is the identity trust anchors' PEM bundle; set by the
+	// kubecheck "trust anchors are valid" check.
+	TrustAnchorsPEM []byte
+}
+
+// Cluster is a connection to a Kubernetes cluster with Sluice's control
+// plane (to be) in Namespace.
+type Cluster struct {
+	Client  kubernetes.Interface
+	Dynamic dynamic.Interface
+	// Namespace is the control plane's.
+	Namespace string
+	// ContextNamespace is the kubeconfig context's namespace, else
+	// "default": where checks create (dry-run or short-lived) pods.
+	ContextNamespace string
+	// Version is the API server's version.
+	Version *version.Info
+}
+
+// NodeFacts are one node's kernel facts and where they came from.
+type NodeFacts struct {
+	Facts nodefacts.Facts
+	// Source says how they were read: "agent sluice/sluice-agent-x7k2p",
+	// "probe pod".
+	Source string
+	// Err is why they could not be read; Facts is then empty.
+	Err error
+}
+
+// SetAgent records the status of node's agent.
+func (s *State) SetAgent(node string, st api.Status) {
+	if s.Agents == nil {
+		s.Agents = map[string]*api.Status{}
+	}
+	s.Agents[node] = &st
 }
 
 // Outcome is what became of one check.
@@ -126,6 +183,22 @@ type warning struct{ err error }
 func (w *warning) Error() string { return w.err.Error() }
 func (w *warning) Unwrap() error { return w.err }
 
+// Skip marks why a check does not apply (the agent runs in iptables mode,
+// Prometheus is not installed): a check returning it is reported as skipped,
+// its error reading "not run: <reason>", and is not retried. Skip(nil) is
+// nil.
+func Skip(reason error) error {
+	if reason == nil {
+		return nil
+	}
+	return &skipped{reason}
+}
+
+type skipped struct{ err error }
+
+func (s *skipped) Error() string { return "not run: " + s.err.Error() }
+func (s *skipped) Unwrap() error { return s.err }
+
 // DefaultRetryInterval is the pause between attempts of a failing check that
 // has a retry deadline.
 const DefaultRetryInterval = time.Second
@@ -149,6 +222,9 @@ func (r Runner) Run(ctx context.Context, categories []Category, s *State, observ
 	}
 	for _, c := range categories {
 		for _, ch := range c.Checkers {
+			if run.stopped {
+				return false
+			}
 			run.check(ctx, c.ID, ch)
 		}
 	}
@@ -192,10 +268,15 @@ type run struct {
 	observe Observer
 	done    map[CheckID]Result
 	ok      bool
+	// stopped is set when a fatal check failed.
+	stopped bool
 }
 
 // check runs one checker, or reports it skipped, and returns its outcome.
 func (r *run) check(ctx context.Context, cat CategoryID, ch Checker) Outcome {
+	if ch.Category != "" {
+		cat = ch.Category
+	}
 	res := Result{Category: cat, Description: ch.Description, Hint: ch.Hint}
 	if err := r.unmet(ch.Requires); err != nil {
 		res.Outcome, res.Err = OutcomeSkipped, err
@@ -204,6 +285,9 @@ func (r *run) check(ctx context.Context, cat CategoryID, ch Checker) Outcome {
 	if ch.Expand != nil {
 		res.Outcome = OutcomeSuccess
 		for _, sub := range ch.Expand(r.state) {
+			if r.stopped {
+				break
+			}
 			switch r.check(ctx, cat, sub) {
 			case OutcomeError:
 				res.Outcome = OutcomeError
@@ -223,7 +307,7 @@ func (r *run) check(ctx context.Context, cat CategoryID, ch Checker) Outcome {
 	for {
 		err := ch.Check(ctx, r.state)
 		res.Outcome, res.Err = outcome(ch, err)
-		if err == nil || ch.RetryDeadline <= 0 || ctx.Err() != nil || time.Now().Add(r.RetryInterval).After(deadline) {
+		if res.Outcome == OutcomeSkipped || err == nil || ch.RetryDeadline <= 0 || ctx.Err() != nil || time.Now().Add(r.RetryInterval).After(deadline) {
 			break
 		}
 		retry := res
@@ -237,7 +321,11 @@ func (r *run) check(ctx context.Context, cat CategoryID, ch Checker) Outcome {
 	if res.Outcome == OutcomeSuccess && ch.Detail != nil {
 		res.Detail = ch.Detail(r.state)
 	}
-	return r.finish(ch.ID, res)
+	out := r.finish(ch.ID, res)
+	if out == OutcomeError && ch.Fatal {
+		r.stopped = true
+	}
+	return out
 }
 
 func (r *run) finish(id CheckID, res Result) Outcome {
@@ -272,9 +360,12 @@ func (r *run) unmet(reqs []CheckID) error {
 
 func outcome(ch Checker, err error) (Outcome, error) {
 	var w *warning
+	var sk *skipped
 	switch {
 	case err == nil:
 		return OutcomeSuccess, nil
+	case errors.As(err, &sk):
+		return OutcomeSkipped, err
 	case errors.As(err, &w):
 		return OutcomeWarning, err
 	case ch.Warning:

@@ -78,18 +78,92 @@ func TestRunWarnings(t *testing.T) {
 
 func TestRunStateAndDetail(t *testing.T) {
 	cats := []Category{{ID: "a", Checkers: []Checker{
-		{ID: "fill", Description: "fill", Check: func(_ context.Context, s *State) error { s.Kernel = "6.18.1"; return nil },
-			Detail: func(s *State) string { return s.Kernel }},
+		{ID: "fill", Description: "fill", Check: func(_ context.Context, s *State) error { s.TrustAnchorsPEM = []byte("pem"); return nil },
+			Detail: func(s *State) string { return string(s.TrustAnchorsPEM) }},
 		{Description: "read", Requires: []CheckID{"fill"}, Check: func(_ context.Context, s *State) error {
-			if s.Kernel != "6.18.1" {
+			if string(s.TrustAnchorsPEM) != "pem" {
 				return errors.New("state not filled")
 			}
 			return nil
 		}},
 	}}}
 	got, success := collect(t, Runner{}, cats)
-	if !success || got[0].Detail != "6.18.1" {
+	if !success || got[0].Detail != "pem" {
 		t.Errorf("got %+v, success %v", got, success)
+	}
+}
+
+func TestRunFatal(t *testing.T) {
+	cats := []Category{
+		{ID: "a", Checkers: []Checker{
+			{Description: "warns", Fatal: true, Warning: true, Check: fail("meh")},
+			{Description: "fatal", Fatal: true, Check: fail("no cluster")},
+			{Description: "after", Check: ok},
+		}},
+		{ID: "b", Checkers: []Checker{{Description: "other category", Check: ok}}},
+	}
+	got, success := collect(t, Runner{}, cats)
+	if success {
+		t.Error("run succeeded with a failed fatal check")
+	}
+	if want := "warns=warning fatal=error"; outcomes(got) != want {
+		t.Errorf("outcomes = %s, want %s (a warning is not fatal; nothing runs after a fatal failure)", outcomes(got), want)
+	}
+
+	cats = []Category{{ID: "a", Checkers: []Checker{
+		{Description: "features", Expand: func(*State) []Checker {
+			return []Checker{{Description: "f1", Fatal: true, Check: fail("gone")}, {Description: "f2", Check: ok}}
+		}},
+		{Description: "after", Check: ok},
+	}}}
+	if got, _ := collect(t, Runner{}, cats); outcomes(got) != "f1=error" {
+		t.Errorf("outcomes = %s, want f1=error (a fatal expanded check ends the run)", outcomes(got))
+	}
+}
+
+func TestRunSkip(t *testing.T) {
+	attempts := 0
+	cats := []Category{{ID: "a", Checkers: []Checker{
+		{ID: "s", Description: "does not apply", RetryDeadline: time.Second, Check: func(context.Context, *State) error {
+			attempts++
+			return Skip(errors.New("iptables mode"))
+		}},
+		{Description: "needs s", Requires: []CheckID{"s"}, Check: ok},
+	}}}
+	got, success := collect(t, Runner{RetryInterval: time.Millisecond}, cats)
+	if !success || attempts != 1 {
+		t.Errorf("success %v after %d attempts; want true after 1 (skips are not retried)", success, attempts)
+	}
+	if want := "does not apply=skipped needs s=skipped"; outcomes(got) != want {
+		t.Errorf("outcomes = %s, want %s", outcomes(got), want)
+	}
+	if want := "not run: iptables mode"; got[0].Err.Error() != want {
+		t.Errorf("skip reason = %q, want %q", got[0].Err, want)
+	}
+	if Skip(nil) != nil || Warn(nil) != nil {
+		t.Error("Skip(nil) or Warn(nil) is not nil")
+	}
+}
+
+func TestRunExpandCategories(t *testing.T) {
+	cats := []Category{{ID: "nodes", Checkers: []Checker{
+		{ID: "list", Description: "nodes are listed", Check: ok},
+		{ID: "each", Description: "every node", Requires: []CheckID{"list"}, Expand: func(*State) []Checker {
+			var out []Checker
+			for _, n := range []string{"a", "b"} {
+				out = append(out,
+					Checker{ID: CheckID("reach/" + n), Category: CategoryID("node " + n), Description: "reachable", Check: ok},
+					Checker{Category: CategoryID("node " + n), Description: "sane", Requires: []CheckID{CheckID("reach/" + n)},
+						Expand: func(*State) []Checker { return []Checker{{Description: "feature", Check: ok}} }})
+			}
+			return out
+		}},
+	}}}
+	var got []string
+	Runner{}.Run(context.Background(), cats, &State{}, func(r Result) { got = append(got, string(r.Category)+":"+r.Description) })
+	want := "nodes:nodes are listed node a:reachable node a:feature node b:reachable node b:feature"
+	if strings.Join(got, " ") != want {
+		t.Errorf("results = %q, want %q", strings.Join(got, " "), want)
 	}
 }
 

@@ -1,8 +1,6 @@
 package ebpfcheck
 
 import (
-	"github.com/sluice-mesh/sluice/internal/mountinfo"
-
 	"context"
 	"errors"
 	"os"
@@ -12,7 +10,9 @@ import (
 
 	"github.com/sluice-mesh/sluice/agent/api"
 	"github.com/sluice-mesh/sluice/cli/healthcheck"
+	"github.com/sluice-mesh/sluice/cli/internal/checktest"
 	"github.com/sluice-mesh/sluice/cli/internal/fakeagent"
+	"github.com/sluice-mesh/sluice/internal/nodefacts"
 )
 
 // Mount tables seen on real machines.
@@ -50,7 +50,7 @@ func fixtureHost(t *testing.T, release, mountinfo string, btf bool) Host {
 	}
 	writeFile(t, filepath.Join(h.ProcRoot, "self/mountinfo"), mountinfo)
 	if btf {
-		writeFile(t, filepath.Join(h.SysRoot, btfVmlinux), "BTF")
+		writeFile(t, filepath.Join(h.SysRoot, nodefacts.BTFVmlinux), "BTF")
 	}
 	return h
 }
@@ -96,22 +96,15 @@ type expect struct {
 
 func compare(t *testing.T, got map[string]healthcheck.Result, want map[string]expect) {
 	t.Helper()
-	for desc, w := range want {
-		r, ok := got[desc]
-		if !ok {
-			t.Errorf("%q: not reported", desc)
-			continue
+	w := map[string]checktest.Expect{}
+	for desc, e := range want {
+		x := checktest.Expect{Outcome: e.outcome}
+		if e.errHas != "" {
+			x.ErrHas = []string{e.errHas}
 		}
-		if r.Outcome != w.outcome {
-			t.Errorf("%q: outcome %s (%v), want %s", desc, r.Outcome, r.Err, w.outcome)
-		}
-		if w.errHas != "" && (r.Err == nil || !strings.Contains(r.Err.Error(), w.errHas)) {
-			t.Errorf("%q: error %v, want it to contain %q", desc, r.Err, w.errHas)
-		}
+		w[desc] = x
 	}
-	if len(got) != len(want) {
-		t.Errorf("got %d results, want %d: %v", len(got), len(want), got)
-	}
+	checktest.Compare(t, got, w)
 }
 
 func TestKernelChecks(t *testing.T) {
@@ -186,50 +179,14 @@ func TestKernelReleaseFromProc(t *testing.T) {
 	h := fixtureHost(t, "", hybridMounts, true)
 	h.Uname = nil
 	writeFile(t, filepath.Join(h.ProcRoot, "sys/kernel/osrelease"), "6.1.0-18-amd64\n")
-	if r, err := h.release(); err != nil || r != "6.1.0-18-amd64" {
-		t.Errorf("release() = %q, %v", r, err)
+	got, _ := runCategory(t, Options{Host: h}, CategoryKernel)
+	if r := got["kernel is 5.10 or newer"]; r.Outcome != healthcheck.OutcomeSuccess || r.Detail != "6.1.0-18-amd64" {
+		t.Errorf("kernel check reading osrelease = %s %v (%q)", r.Outcome, r.Err, r.Detail)
 	}
 	h.Uname = func() (string, error) { return "", errors.New("boom") }
-	got, _ := runCategory(t, Options{Host: h}, CategoryKernel)
+	got, _ = runCategory(t, Options{Host: h}, CategoryKernel)
 	if r := got["kernel is 5.10 or newer"]; r.Outcome != healthcheck.OutcomeError || r.Err.Error() != "boom" {
 		t.Errorf("kernel check with failing uname = %s %v", r.Outcome, r.Err)
-	}
-}
-
-func TestParseRelease(t *testing.T) {
-	for release, want := range map[string][2]int{
-		"6.18.44-fc-v669":   {6, 18},
-		"5.10.0-28-amd64":   {5, 10},
-		"5.4":               {5, 4},
-		"6.8.0-rc3+":        {6, 8},
-		"4.19.112+-android": {4, 19},
-	} {
-		major, minor, err := parseRelease(release)
-		if err != nil || major != want[0] || minor != want[1] {
-			t.Errorf("parseRelease(%q) = %d, %d, %v; want %v", release, major, minor, err, want)
-		}
-	}
-	for _, bad := range []string{"", "6", "x.y", "6.x"} {
-		if _, _, err := parseRelease(bad); err == nil {
-			t.Errorf("parseRelease(%q) succeeded", bad)
-		}
-	}
-}
-
-func TestParseMountInfo(t *testing.T) {
-	in := `36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 shared:2 - ext3 /dev/root rw,errors=continue
-37 35 0:50 / /mnt/with\040space rw - tmpfs none rw
-`
-	ms, err := mountinfo.Parse(strings.NewReader(in))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []mount{{Point: "/mnt2", FSType: "ext3"}, {Point: "/mnt/with space", FSType: "tmpfs"}}
-	if len(ms) != len(want) || ms[0] != want[0] || ms[1] != want[1] {
-		t.Errorf("parseMountInfo = %+v, want %+v", ms, want)
-	}
-	if _, err := mountinfo.Parse(strings.NewReader("1 2 3 / /x rw no-separator\n")); err == nil {
-		t.Error("parseMountInfo accepted a line without separator")
 	}
 }
 
@@ -340,6 +297,23 @@ func TestAgentChecks(t *testing.T) {
 			break_: func(_ *testing.T, st *api.Status) { st.Pins = nil },
 			want: func(w map[string]expect) {
 				w["pins are present"] = expect{healthcheck.OutcomeError, "no pins under"}
+			},
+		},
+		{
+			name: "iptables mode",
+			break_: func(_ *testing.T, st *api.Status) {
+				*st = api.Status{Version: "v0.1.0", Mode: api.ModeIPTables, Kernel: "4.19.0", Enrollments: 2}
+			},
+			wantOK: true,
+			want: func(w map[string]expect) {
+				skip := expect{healthcheck.OutcomeSkipped, "not run: the agent runs in iptables mode, which loads no eBPF programs"}
+				delete(w, "kernel supports cgroup/connect4")
+				delete(w, "kernel supports sk_lookup")
+				delete(w, "kernel supports sk_msg redirect")
+				w["kernel features are supported"] = skip
+				w["programs are attached"] = skip
+				w["pins are present"] = skip
+				w["maps have room"] = skip
 			},
 		},
 		{
