@@ -58,3 +58,35 @@ func TestPrometheusConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestHighAvailability: more than one replica spreads a component over
+// nodes and gives it a PodDisruptionBudget; one replica gets neither.
+func TestHighAvailability(t *testing.T) {
+	ha := map[string]any{}
+	for _, c := range []string{"destination", "identity", "proxyInjector", "tap", "metricsAPI"} {
+		ha[c] = map[string]any{"replicas": 3}
+	}
+	objs, err := Render(Options{Values: ha})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"destination", "identity", "proxy-injector", "tap", "metrics-api"} {
+		find(t, objs, "PodDisruptionBudget", "sluice-"+name)
+		d := find(t, objs, "Deployment", "sluice-"+name)
+		if _, ok, _ := unstructured.NestedMap(d.Object, "spec", "template", "spec", "affinity", "podAntiAffinity"); !ok {
+			t.Errorf("deployment sluice-%s with 3 replicas has no pod anti-affinity", name)
+		}
+	}
+	objs, err = Render(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if o.GetKind() == "PodDisruptionBudget" {
+			t.Errorf("one replica renders PodDisruptionBudget %s", o.GetName())
+		}
+		if _, ok, _ := unstructured.NestedMap(o.Object, "spec", "template", "spec", "affinity"); ok && o.GetKind() == "Deployment" {
+			t.Errorf("one replica renders an affinity in %s", o.GetName())
+		}
+	}
+}

@@ -54,3 +54,24 @@ sluice.io/inject: disabled
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ . | quote }}
 {{- end }}
+
+{{/*
+spread spreads the replicas of a control-plane component over nodes (preferred, so that
+a one-node cluster still runs them all) when there is more than one. Call with
+(list replicas "component").
+*/}}
+{{- define "sluice.spread" -}}
+{{- $replicas := index . 0 -}}
+{{- $component := index . 1 -}}
+{{- if gt (int $replicas) 1 }}
+affinity:
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            sluice.io/control-plane-component: {{ $component }}
+{{- end }}
+{{- end }}
