@@ -105,18 +105,26 @@ func TestCheckEBPF(t *testing.T) {
 			}
 			stdout, stderr, err := execute(t, fixtureHost(t), map[string]string{socket: "AGENT_SOCKET"},
 				"check", "--ebpf", "-o", tc.output, "--agent-socket", socket)
-			if !errors.Is(err, tc.want) {
-				t.Errorf("error = %v, want %v", err, tc.want)
-			}
-			if err != nil && !AlreadyReported(err) {
-				t.Errorf("error %v is not marked as already reported", err)
-			}
-			if stderr != "" {
-				t.Errorf("stderr = %q, want nothing", stderr)
-			}
-			golden.Assert(t, tc.name, []byte(stdout))
+			assertCheckRun(t, tc.name, stdout, stderr, err, tc.want)
 		})
 	}
+}
+
+// assertCheckRun checks a run of meshctl check: it ended with want, an
+// error marked as reported (the results said it), printed nothing on
+// standard error, and its output is testdata/<name>.golden.
+func assertCheckRun(t *testing.T, name, stdout, stderr string, err, want error) {
+	t.Helper()
+	if !errors.Is(err, want) {
+		t.Errorf("error = %v, want %v", err, want)
+	}
+	if err != nil && !AlreadyReported(err) {
+		t.Errorf("error %v is not marked as already reported", err)
+	}
+	if stderr != "" {
+		t.Errorf("stderr = %q, want nothing", stderr)
+	}
+	golden.Assert(t, name, []byte(stdout))
 }
 
 func TestCheckRejects(t *testing.T) {
@@ -124,11 +132,17 @@ func TestCheckRejects(t *testing.T) {
 		args   []string
 		errHas string
 	}{
-		{args: []string{"check"}, errHas: "only the eBPF data-plane checks (--ebpf) exist so far"},
 		{args: []string{"check", "--ebpf", "-o", "yaml"}, errHas: `invalid --output "yaml": use "table" or "json"`},
 		{args: []string{"check", "--ebpf", "--wait", "-1s"}, errHas: "invalid --wait -1s"},
 		{args: []string{"check", "--ebpf", "--agent-socket", ""}, errHas: "invalid --agent-socket"},
 		{args: []string{"check", "--ebpf", "extra"}, errHas: `unknown command "extra"`},
+		{args: []string{"check", "--pre", "--proxy"}, errHas: "--pre, --proxy and --ebpf are different checks: pick one"},
+		{args: []string{"check", "--ebpf", "--proxy"}, errHas: "pick one"},
+		{args: []string{"check", "--local"}, errHas: "--local and --agent-socket go with --ebpf"},
+		{args: []string{"check", "--agent-socket", "/run/x.sock"}, errHas: "go with --ebpf"},
+		{args: []string{"check", "-n", "shop"}, errHas: "-n/--namespace limits the data-plane checks: it goes with --proxy"},
+		{args: []string{"check", "--agent-image", "x"}, errHas: "--agent-image and --probe-namespace go with --pre"},
+		{args: []string{"check", "--pre", "--probe-namespace", ""}, errHas: "invalid --probe-namespace"},
 	} {
 		stdout, _, err := execute(t, fixtureHost(t), nil, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.errHas) {
@@ -148,10 +162,17 @@ func TestCheckHelp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"--ebpf", "--output", "--agent-socket", api.DefaultSocket, "--wait", "Helm install"} {
+	for _, want := range []string{
+		"--ebpf", "--local", "--pre", "--proxy", "--namespace", "--agent-image", "--probe-namespace", "--output",
+		"--agent-socket", api.DefaultSocket, "--wait", "--kubeconfig", "--context", "--control-plane-namespace",
+		"sluice-control-plane", "sluice-data-plane", "pre-kubernetes-setup", "sluice-agent on <node>", "node-facts",
+	} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("check --help lacks %q", want)
 		}
+	}
+	if strings.Contains(stdout, "Helm install") {
+		t.Error("check --help still says the control-plane checks come with the Helm install")
 	}
 }
 
