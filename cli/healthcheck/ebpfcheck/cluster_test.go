@@ -3,7 +3,9 @@ package ebpfcheck
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
@@ -11,6 +13,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/sluice-mesh/sluice/agent/api"
 	"github.com/sluice-mesh/sluice/cli/healthcheck"
@@ -417,5 +421,47 @@ func TestParseNodeFacts(t *testing.T) {
 		if _, err := ParseNodeFacts([]byte(bad)); err == nil {
 			t.Errorf("ParseNodeFacts(%q) succeeded", bad)
 		}
+	}
+}
+
+// TestGetFromAgentPath checks, with a real client against a fake API
+// server, the URL the agent's status is read from: the pod proxy of the
+// agent pod's port named admin.
+func TestGetFromAgentPath(t *testing.T) {
+	var paths []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		paths = append(paths, r.URL.Path)
+		if strings.HasSuffix(r.URL.Path, "/node-facts") {
+			http.Error(w, "404 page not found", http.StatusNotFound)
+			return
+		}
+		io.WriteString(w, `{"version":"v1","mode":"ebpf"}`)
+	}))
+	defer srv.Close()
+	client, err := kubernetes.NewForConfig(&rest.Config{Host: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "sluice-agent-x7k2p", Namespace: "sluice"},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "agent", Ports: []corev1.ContainerPort{
+			{Name: "metrics", ContainerPort: 1}, {Name: "admin", ContainerPort: 9995},
+		}}}},
+	}
+	st, err := PodStatusSource(client, pod)(context.Background())
+	if err != nil || st.Version != "v1" {
+		t.Errorf("status = %+v, %v", st, err)
+	}
+	_, err = GetFromAgent(context.Background(), client, pod, "/node-facts")
+	if err == nil || !strings.Contains(err.Error(), "GET /node-facts of agent pod sluice/sluice-agent-x7k2p:9995: the server could not find the requested resource") {
+		t.Errorf("404: %v", err)
+	}
+	want := []string{"/api/v1/namespaces/sluice/pods/sluice-agent-x7k2p:9995/proxy/status", "/api/v1/namespaces/sluice/pods/sluice-agent-x7k2p:9995/proxy/node-facts"}
+	if !slices.Equal(paths, want) {
+		t.Errorf("paths %q, want %q", paths, want)
+	}
+	pod.Spec.Containers[0].Ports = nil
+	if _, err := GetFromAgent(context.Background(), client, pod, "/status"); err == nil || !strings.Contains(err.Error(), `has no port named "admin"`) {
+		t.Errorf("no admin port: %v", err)
 	}
 }

@@ -3,7 +3,11 @@ package kubecheck
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/version"
 	fakediscovery "k8s.io/client-go/discovery/fake"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/sluice-mesh/sluice/cli/healthcheck"
 	"github.com/sluice-mesh/sluice/cli/install"
@@ -776,5 +782,41 @@ func TestDeploymentReady(t *testing.T) {
 		if err == nil {
 			t.Errorf("case %d: not ready deployment passed", i)
 		}
+	}
+}
+
+// TestServiceProxyRealClient checks, with a real client against a fake API
+// server, the URLs of the service proxy and that a backend's error answer
+// reaches the message.
+func TestServiceProxyRealClient(t *testing.T) {
+	var paths []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		paths = append(paths, r.URL.RequestURI())
+		if strings.Contains(r.URL.Path, "sluice-metrics-api") {
+			http.Error(w, `{"error":"query Prometheus: connection refused"}`, http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "Prometheus Server is Ready.\n")
+	}))
+	defer srv.Close()
+	client, err := kubernetes.NewForConfig(&rest.Config{Host: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &healthcheck.State{Cluster: &healthcheck.Cluster{Client: client, Namespace: "mesh"}}
+	if _, err := prometheusGet(ctx, s.Cluster, "/-/ready", nil); err != nil {
+		t.Error(err)
+	}
+	err = metricsAPICheckers(Options{})[0].Check(ctx, s)
+	if err == nil || !strings.Contains(err.Error(), "GET /api/v1/stat of service mesh/sluice-metrics-api:8085: ") ||
+		!strings.Contains(err.Error(), `query Prometheus: connection refused`) {
+		t.Errorf("metrics API error: %v", err)
+	}
+	want := []string{
+		"/api/v1/namespaces/mesh/services/http:prometheus:9090/proxy/-/ready",
+		"/api/v1/namespaces/mesh/services/http:sluice-metrics-api:8085/proxy/api/v1/stat?resource=namespace",
+	}
+	if !slices.Equal(paths, want) {
+		t.Errorf("paths %q, want %q", paths, want)
 	}
 }
