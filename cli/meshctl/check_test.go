@@ -13,36 +13,19 @@ import (
 	"github.com/sluice-mesh/sluice/cli/healthcheck/ebpfcheck"
 	"github.com/sluice-mesh/sluice/cli/internal/fakeagent"
 	"github.com/sluice-mesh/sluice/cli/internal/golden"
+	"github.com/sluice-mesh/sluice/internal/nodefacts/nodefactstest"
 )
-
-const healthyMounts = `31 22 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-42 22 0:39 / /sys/fs/bpf rw,relatime shared:9 - bpf bpf rw,mode=700
-`
 
 // fixtureHost is a healthy 6.18 node with hybrid cgroups, bpffs and BTF.
 func fixtureHost(t *testing.T) ebpfcheck.Host {
 	t.Helper()
-	root := t.TempDir()
-	h := ebpfcheck.Host{
-		ProcRoot: filepath.Join(root, "proc"),
-		SysRoot:  filepath.Join(root, "sys"),
-		Uname:    func() (string, error) { return "6.18.44-fc-v669", nil },
-	}
-	writeFile(t, filepath.Join(h.ProcRoot, "self/mountinfo"), healthyMounts)
-	writeFile(t, filepath.Join(h.SysRoot, "kernel/btf/vmlinux"), "BTF")
+	h := nodefactstest.Node{Mounts: nodefactstest.HybridMounts, BTF: true}.Host(t)
+	h.Uname = func() (string, error) { return "6.18.44-fc-v669", nil }
 	return h
 }
 
-func writeFile(t *testing.T, path, content string) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
+// writeFile writes content to path, making its directories.
+func writeFile(t *testing.T, path, content string) { nodefactstest.WriteFile(t, path, content) }
 
 // fakeAgent serves a healthy agent status whose pins exist, and returns its
 // socket.

@@ -1,63 +1,29 @@
-package nodefacts
+package nodefacts_test
 
 import (
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sluice-mesh/sluice/internal/nodefacts"
+	"github.com/sluice-mesh/sluice/internal/nodefacts/nodefactstest"
 )
 
-// Mount tables seen on real machines.
-const (
-	// hybridMounts is the build machines' layout: cgroup v1 controllers with
-	// cgroup2 at /sys/fs/cgroup/unified, and bpffs mounted.
-	hybridMounts = `22 1 0:20 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
-31 22 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-42 22 0:39 / /sys/fs/bpf rw,nosuid,nodev,noexec,relatime shared:9 - bpf bpf rw,mode=700
-`
-	// unifiedMounts has cgroup2 at /sys/fs/cgroup and no bpffs.
-	unifiedMounts = `22 1 0:20 / /sys rw - sysfs sysfs rw
-31 22 0:28 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate
-`
-	// v1Mounts has only cgroup v1, and a tmpfs hiding an earlier bpffs.
-	v1Mounts = `22 1 0:20 / /sys rw - sysfs sysfs rw
-31 22 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-42 22 0:39 / /sys/fs/bpf rw - bpf bpf rw
-43 22 0:40 / /sys/fs/bpf rw - tmpfs tmpfs rw
-`
-	// hiddenCgroup2Mounts has a cgroup2 mount that a later tmpfs hides.
-	hiddenCgroup2Mounts = `31 22 0:28 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw
+// hiddenCgroup2Mounts has a cgroup2 mount that a later tmpfs hides.
+const hiddenCgroup2Mounts = `31 22 0:28 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw
 32 22 0:29 / /sys/fs/cgroup rw - tmpfs tmpfs rw
 `
-)
 
-// fixtureHost returns a Host whose /proc and /sys are fixture directories
-// holding the mount table of process pid ("self" or "1"), osrelease, and
-// BTF when btf is set.
-func fixtureHost(t *testing.T, release, pid, mounts string, btf bool) Host {
+// fixtureHost is a node with the mount table of process pid, a release
+// and, if btf, BTF.
+func fixtureHost(t *testing.T, release, pid, mounts string, btf bool) nodefacts.Host {
 	t.Helper()
-	root := t.TempDir()
-	h := Host{ProcRoot: filepath.Join(root, "proc"), SysRoot: filepath.Join(root, "sys")}
-	writeFile(t, filepath.Join(h.ProcRoot, pid, "mountinfo"), mounts)
-	writeFile(t, filepath.Join(h.ProcRoot, "sys/kernel/osrelease"), release+"\n")
-	if btf {
-		writeFile(t, filepath.Join(h.SysRoot, BTFVmlinux), "BTF")
+	if pid == "self" {
+		pid = ""
 	}
+	h := nodefactstest.Node{Release: release, Mounts: mounts, MountsOf: pid, BTF: btf}.Host(t)
+	h.MountsOf = ""
 	return h
-}
-
-func writeFile(t *testing.T, path, content string) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func TestGather(t *testing.T) {
@@ -66,20 +32,20 @@ func TestGather(t *testing.T) {
 		release  string
 		mounts   string
 		btf      bool
-		want     Facts
+		want     nodefacts.Facts
 		wantErrs [4]string // kernel, BTF, bpffs, cgroup2: fragments of the Check errors
 	}{
 		{
-			name: "hybrid", release: "6.18.44-fc-v669", mounts: hybridMounts, btf: true,
-			want: Facts{Kernel: "6.18.44-fc-v669", BTF: true, Cgroup2Mount: "/sys/fs/cgroup/unified", BPFFSMounted: true},
+			name: "hybrid", release: "6.18.44-fc-v669", mounts: nodefactstest.HybridMounts, btf: true,
+			want: nodefacts.Facts{Kernel: "6.18.44-fc-v669", BTF: true, Cgroup2Mount: "/sys/fs/cgroup/unified", BPFFSMounted: true},
 		},
 		{
-			name: "unified without bpffs", release: "5.10.0-28-amd64", mounts: unifiedMounts, btf: true,
-			want:     Facts{Kernel: "5.10.0-28-amd64", BTF: true, Cgroup2Mount: "/sys/fs/cgroup", BPFFSError: "nothing is mounted at /sys/fs/bpf"},
+			name: "unified without bpffs", release: "5.10.0-28-amd64", mounts: nodefactstest.UnifiedMounts, btf: true,
+			want:     nodefacts.Facts{Kernel: "5.10.0-28-amd64", BTF: true, Cgroup2Mount: "/sys/fs/cgroup", BPFFSError: "nothing is mounted at /sys/fs/bpf"},
 			wantErrs: [4]string{"", "", "nothing is mounted at /sys/fs/bpf", ""},
 		},
 		{
-			name: "old v1 kernel", release: "4.19.0-17-amd64", mounts: v1Mounts,
+			name: "old v1 kernel", release: "4.19.0-17-amd64", mounts: nodefactstest.V1Mounts,
 			wantErrs: [4]string{"kernel 4.19.0-17-amd64 is older than 5.10", "find kernel BTF", "/sys/fs/bpf is a tmpfs filesystem, not bpf",
 				"only cgroup v1 hierarchies (/sys/fs/cgroup/cpu)"},
 		},
@@ -90,7 +56,7 @@ func TestGather(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := fixtureHost(t, tc.release, "self", tc.mounts, tc.btf).Gather()
-			if tc.want != (Facts{}) && got != tc.want {
+			if tc.want != (nodefacts.Facts{}) && got != tc.want {
 				t.Errorf("Gather = %+v, want %+v", got, tc.want)
 			}
 			for i, err := range []error{got.CheckKernel(), got.CheckBTF(), got.CheckBPFFS(), got.CheckCgroup2()} {
@@ -107,7 +73,7 @@ func TestGather(t *testing.T) {
 }
 
 func TestMountsOf(t *testing.T) {
-	h := fixtureHost(t, "6.1.0", "1", hybridMounts, true)
+	h := fixtureHost(t, "6.1.0", "1", nodefactstest.HybridMounts, true)
 	if f := h.Gather(); f.Cgroup2Error == "" || f.BPFFSError == "" {
 		t.Errorf("read mounts of self, which has none: %+v", f)
 	}
@@ -118,7 +84,7 @@ func TestMountsOf(t *testing.T) {
 }
 
 func TestRelease(t *testing.T) {
-	h := fixtureHost(t, "6.1.0-18-amd64", "self", hybridMounts, true)
+	h := fixtureHost(t, "6.1.0-18-amd64", "self", nodefactstest.HybridMounts, true)
 	if r, err := h.Release(); err != nil || r != "6.1.0-18-amd64" {
 		t.Errorf("Release() = %q, %v", r, err)
 	}
@@ -127,14 +93,14 @@ func TestRelease(t *testing.T) {
 	if err := f.CheckKernel(); err == nil || err.Error() != "boom" {
 		t.Errorf("CheckKernel with failing uname = %v", err)
 	}
-	h = Host{ProcRoot: t.TempDir()}
+	h = nodefacts.Host{ProcRoot: t.TempDir()}
 	if _, err := h.Release(); err == nil || !strings.Contains(err.Error(), "read kernel release") {
 		t.Errorf("Release without osrelease = %v", err)
 	}
 }
 
 func TestZeroFactsFail(t *testing.T) {
-	var f Facts
+	var f nodefacts.Facts
 	for i, err := range []error{f.CheckKernel(), f.CheckBTF(), f.CheckBPFFS(), f.CheckCgroup2()} {
 		if err == nil {
 			t.Errorf("check %d of empty facts passed", i)
@@ -150,22 +116,22 @@ func TestParseRelease(t *testing.T) {
 		"6.8.0-rc3+":        {6, 8},
 		"4.19.112+-android": {4, 19},
 	} {
-		major, minor, err := ParseRelease(release)
+		major, minor, err := nodefacts.ParseRelease(release)
 		if err != nil || major != want[0] || minor != want[1] {
-			t.Errorf("ParseRelease(%q) = %d, %d, %v; want %v", release, major, minor, err, want)
+			t.Errorf("nodefacts.ParseRelease(%q) = %d, %d, %v; want %v", release, major, minor, err, want)
 		}
 	}
 	for _, bad := range []string{"", "6", "x.y", "6.x"} {
-		if _, _, err := ParseRelease(bad); err == nil {
-			t.Errorf("ParseRelease(%q) succeeded", bad)
+		if _, _, err := nodefacts.ParseRelease(bad); err == nil {
+			t.Errorf("nodefacts.ParseRelease(%q) succeeded", bad)
 		}
-		if err := CheckRelease(bad); err == nil {
-			t.Errorf("CheckRelease(%q) succeeded", bad)
+		if err := nodefacts.CheckRelease(bad); err == nil {
+			t.Errorf("nodefacts.CheckRelease(%q) succeeded", bad)
 		}
 	}
 	for release, ok := range map[string]bool{"5.10.0": true, "5.9.16": false, "6.0": true, "4.20": false, "10.1": true} {
-		if err := CheckRelease(release); (err == nil) != ok {
-			t.Errorf("CheckRelease(%q) = %v, want ok=%v", release, err, ok)
+		if err := nodefacts.CheckRelease(release); (err == nil) != ok {
+			t.Errorf("nodefacts.CheckRelease(%q) = %v, want ok=%v", release, err, ok)
 		}
 	}
 }

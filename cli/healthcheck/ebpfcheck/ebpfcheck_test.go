@@ -12,58 +12,26 @@ import (
 	"github.com/sluice-mesh/sluice/cli/healthcheck"
 	"github.com/sluice-mesh/sluice/cli/internal/checktest"
 	"github.com/sluice-mesh/sluice/cli/internal/fakeagent"
-	"github.com/sluice-mesh/sluice/internal/nodefacts"
+	"github.com/sluice-mesh/sluice/internal/nodefacts/nodefactstest"
 )
 
 // Mount tables seen on real machines.
 const (
-	// hybridMounts is the build machines' layout: cgroup v1 controllers with
-	// cgroup2 at /sys/fs/cgroup/unified, and bpffs mounted.
-	hybridMounts = `22 1 0:20 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
-31 22 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-42 22 0:39 / /sys/fs/bpf rw,nosuid,nodev,noexec,relatime shared:9 - bpf bpf rw,mode=700
-`
-	// unifiedMounts has cgroup2 at /sys/fs/cgroup and no bpffs.
-	unifiedMounts = `22 1 0:20 / /sys rw - sysfs sysfs rw
-31 22 0:28 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate
-`
-	// v1Mounts has only cgroup v1, and a tmpfs hiding an earlier bpffs.
-	v1Mounts = `22 1 0:20 / /sys rw - sysfs sysfs rw
-31 22 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-42 22 0:39 / /sys/fs/bpf rw - bpf bpf rw
-43 22 0:40 / /sys/fs/bpf rw - tmpfs tmpfs rw
-`
+	hybridMounts  = nodefactstest.HybridMounts
+	unifiedMounts = nodefactstest.UnifiedMounts
+	v1Mounts      = nodefactstest.V1Mounts
 )
 
 // fixtureHost returns a Host whose /proc and /sys are fixture directories
-// holding mountinfo, and BTF when btf is set.
+// holding mountinfo, and BTF when btf is set, and whose uname says release.
 func fixtureHost(t *testing.T, release, mountinfo string, btf bool) Host {
 	t.Helper()
-	root := t.TempDir()
-	h := Host{
-		ProcRoot: filepath.Join(root, "proc"),
-		SysRoot:  filepath.Join(root, "sys"),
-		Uname:    func() (string, error) { return release, nil },
-	}
-	writeFile(t, filepath.Join(h.ProcRoot, "self/mountinfo"), mountinfo)
-	if btf {
-		writeFile(t, filepath.Join(h.SysRoot, nodefacts.BTFVmlinux), "BTF")
-	}
+	h := nodefactstest.Node{Mounts: mountinfo, BTF: btf}.Host(t)
+	h.Uname = func() (string, error) { return release, nil }
 	return h
 }
 
-func writeFile(t *testing.T, path, content string) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
+var writeFile = nodefactstest.WriteFile
 
 // runCategory runs one category of checks and returns its results by
 // description, and whether the run passed.
