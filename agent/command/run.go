@@ -129,7 +129,7 @@ func (o *runOptions) socketPath() string {
 	if o.socket != "" {
 		return o.socket
 	}
-	return filepath.Join(o.stateDir, "agent.sock")
+	return filepath.Join(o.stateDir, stateSocket)
 }
 
 func newCmdRun() *cobra.Command {
@@ -442,8 +442,25 @@ func (o *uninstallOptions) run(ctx context.Context, cmd *cobra.Command) error {
 	if n > 0 {
 		fmt.Fprintf(cmd.OutOrStdout(), "removed iptables rules of %d pods\n", n)
 	}
-	if err := os.Remove(stateFile); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("remove %s: %w", stateFile, err))
+	// The enrollment record, a stale admin socket (the agent is gone), and
+	// the directory itself unless something else lives there or it is a
+	// mount point (a container's view of the host's directory).
+	for _, f := range []string{stateFile, filepath.Join(o.stateDir, stateSocket)} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove %s: %w", f, err))
+		}
+	}
+	switch err := os.Remove(o.stateDir); {
+	case err == nil:
+		fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", o.stateDir)
+	case errors.Is(err, os.ErrNotExist), errors.Is(err, syscall.EBUSY):
+	case errors.Is(err, syscall.ENOTEMPTY), errors.Is(err, syscall.EEXIST):
+		fmt.Fprintf(cmd.OutOrStdout(), "left %s: it holds files that are not the agent's\n", o.stateDir)
+	default:
+		errs = append(errs, fmt.Errorf("remove %s: %w", o.stateDir, err))
 	}
 	return errors.Join(errs...)
 }
+
+// stateSocket is the admin socket's name in the state directory.
+const stateSocket = "agent.sock"

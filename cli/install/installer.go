@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"path"
 	"slices"
 	"strings"
 	"time"
@@ -284,13 +285,18 @@ func (i *Installer) runCleanup(ctx context.Context, ns, node string, tmpl corev1
 	}
 	agent := tmpl.Containers[0]
 	args := []string{"uninstall"}
+	stateDir := ""
 	for _, a := range agent.Args {
 		for _, flag := range []string{"--pin-root=", "--state-dir="} {
 			if strings.HasPrefix(a, flag) {
 				args = append(args, a)
 			}
 		}
+		if v, ok := strings.CutPrefix(a, "--state-dir="); ok {
+			stateDir = v
+		}
 	}
+	volumes, mounts := parentOfStateDir(tmpl.Volumes, agent.VolumeMounts, stateDir)
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			GenerateName: "sluice-agent-cleanup-",
@@ -304,14 +310,14 @@ func (i *Installer) runCleanup(ctx context.Context, ns, node string, tmpl corev1
 			HostNetwork:   tmpl.HostNetwork,
 			HostPID:       tmpl.HostPID,
 			Tolerations:   tmpl.Tolerations,
-			Volumes:       tmpl.Volumes,
+			Volumes:       volumes,
 			Containers: []corev1.Container{{
 				Name:            "cleanup",
 				Image:           agent.Image,
 				ImagePullPolicy: agent.ImagePullPolicy,
 				Args:            args,
 				SecurityContext: agent.SecurityContext,
-				VolumeMounts:    agent.VolumeMounts,
+				VolumeMounts:    mounts,
 				// The agent's error becomes the pod's termination message.
 				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 			}},
@@ -339,6 +345,26 @@ func (i *Installer) runCleanup(ctx context.Context, ns, node string, tmpl corev1
 		case <-time.After(i.Poll):
 		}
 	}
+}
+
+// parentOfStateDir returns the agent's volumes and mounts with the state
+// directory's host path mounted through its parent, so that `sluice-agent
+// uninstall` can remove the directory itself (a mount point cannot be).
+func parentOfStateDir(vols []corev1.Volume, mounts []corev1.VolumeMount, stateDir string) ([]corev1.Volume, []corev1.VolumeMount) {
+	mi := slices.IndexFunc(mounts, func(m corev1.VolumeMount) bool { return stateDir != "" && path.Clean(m.MountPath) == path.Clean(stateDir) })
+	if mi < 0 {
+		return vols, mounts
+	}
+	vi := slices.IndexFunc(vols, func(v corev1.Volume) bool { return v.Name == mounts[mi].Name && v.HostPath != nil })
+	if vi < 0 || path.Dir(path.Clean(vols[vi].HostPath.Path)) == "/" || path.Dir(path.Clean(stateDir)) == "/" {
+		return vols, mounts
+	}
+	vols, mounts = slices.Clone(vols), slices.Clone(mounts)
+	dir := corev1.HostPathDirectory
+	vols[vi] = corev1.Volume{Name: vols[vi].Name, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
+		Path: path.Dir(path.Clean(vols[vi].HostPath.Path)), Type: &dir}}}
+	mounts[mi].MountPath = path.Dir(path.Clean(stateDir))
+	return vols, mounts
 }
 
 func podFailure(p *corev1.Pod) string {

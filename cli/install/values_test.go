@@ -102,3 +102,28 @@ func TestPreviousValues(t *testing.T) {
 		t.Errorf("Installed without %s = %v, %v", ConfigMap, ok, err)
 	}
 }
+
+// TestParentOfStateDir: the cleanup pod mounts the state directory's
+// parent, so that the directory can be removed; other mounts stay.
+func TestParentOfStateDir(t *testing.T) {
+	dirType := corev1.HostPathDirectoryOrCreate
+	vols := []corev1.Volume{
+		{Name: "bpffs", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/sys/fs/bpf"}}},
+		{Name: "state", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/run/sluice", Type: &dirType}}},
+	}
+	mounts := []corev1.VolumeMount{{Name: "bpffs", MountPath: "/sys/fs/bpf"}, {Name: "state", MountPath: "/run/sluice"}}
+	gotV, gotM := parentOfStateDir(vols, mounts, "/run/sluice")
+	if gotV[1].HostPath.Path != "/run" || gotM[1].MountPath != "/run" || gotV[0].HostPath.Path != "/sys/fs/bpf" || gotM[0].MountPath != "/sys/fs/bpf" {
+		t.Errorf("volumes %+v mounts %+v", gotV, gotM)
+	}
+	if vols[1].HostPath.Path != "/run/sluice" || mounts[1].MountPath != "/run/sluice" {
+		t.Error("the DaemonSet's template was modified")
+	}
+	if v, _ := parentOfStateDir(vols, mounts, "/elsewhere"); v[1].HostPath.Path != "/run/sluice" {
+		t.Error("a state dir without a mount changed the volumes")
+	}
+	if v, _ := parentOfStateDir([]corev1.Volume{{Name: "state", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/sluice"}}}},
+		[]corev1.VolumeMount{{Name: "state", MountPath: "/sluice"}}, "/sluice"); v[0].HostPath.Path != "/sluice" {
+		t.Error("a state dir under / is mounted through / ")
+	}
+}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,11 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 
-	"github.com/sluice-mesh/sluice/deploy/charts"
-	"github.com/sluice-mesh/sluice/internal/apply"
 	"github.com/sluice-mesh/sluice/internal/meshmeta"
 	"github.com/sluice-mesh/sluice/test/kube"
 	"github.com/sluice-mesh/sluice/test/netns"
@@ -56,13 +53,13 @@ type suite struct {
 	once       sync.Once
 	upErr      error
 	cluster    *kube.Cluster
-	objects    []*unstructured.Unstructured // the installed chart
-	applier    *apply.Applier
+	installed  bool   // meshctl install ran (teardown uninstalls)
 	binDir     string // where build put the programs
 	agent      string // the sluice-agent program (for uninstall)
 	controller string // the sluice-controller program
 	testapp    string // the testapp program
 	meshctl    string // the meshctl program
+	demo       string // the demo app's program (test/demo)
 }
 
 var env = &suite{}
@@ -93,8 +90,9 @@ func need(t *testing.T) *suite {
 }
 
 func (s *suite) up(t *testing.T) error {
-	// Hang guard: a cold build of Kubernetes takes about 8 minutes here.
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	// Hang guard: cold builds of Kubernetes and Prometheus take about 8 and
+	// 7 minutes here.
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)
 	defer cancel()
 	// The programs first: the cluster lock is held from Up on.
 	programs, err := s.build(ctx)
@@ -110,10 +108,12 @@ func (s *suite) up(t *testing.T) error {
 	}
 	s.cluster = c
 	s.testapp = programs["testapp"]
+	s.demo = programs["sluice-demo"]
 	for image, prog := range map[string]string{
 		imageRegistry + "/controller:*": programs["sluice-controller"],
 		imageRegistry + "/proxy:*":      programs["sluice-proxy"],
 		imageRegistry + "/agent:*":      programs["sluice-agent"],
+		imageRegistry + "/demo:*":       s.demo,
 		testappImage + ":*":             s.testapp,
 		"sluice.test/openssl:*":         "/usr/bin/openssl",
 	} {
@@ -121,37 +121,31 @@ func (s *suite) up(t *testing.T) error {
 			return err
 		}
 	}
-	if s.applier, err = apply.New(c.REST, "sluice-e2e"); err != nil {
-		return err
-	}
-	v, err := c.Client.Discovery().ServerVersion()
-	if err != nil {
-		return fmt.Errorf("server version: %w", err)
-	}
-	s.objects, err = charts.Render(charts.Options{
-		Namespace:   cpNamespace,
-		KubeVersion: v.GitVersion,
-		Values: map[string]any{
-			"image":    map[string]any{"tag": imageTag},
-			"logLevel": "debug",
-			"agent":    map[string]any{"pinRoot": pinRoot, "stateDir": stateDir},
-			"identity": map[string]any{"certLifetime": certLifetime.String()},
-		},
-	})
-	if err != nil {
-		return err
-	}
+	// Installed as users install it: meshctl install, which waits until
+	// the control plane is ready (hang guard: ready in ~30 s here).
 	start := time.Now()
-	if err := s.applier.Apply(ctx, s.objects); err != nil {
-		return fmt.Errorf("install: %w", err)
+	s.installed = true
+	out, err := s.run(ctx, s.meshctl, "install", "--kubeconfig", c.Kubeconfig, "--wait", "5m",
+		"--set", "image.tag="+imageTag,
+		"--set", "logLevel=debug",
+		"--set", "agent.pinRoot="+pinRoot+",agent.stateDir="+stateDir,
+		"--set", "identity.certLifetime="+certLifetime.String())
+	if err != nil {
+		return fmt.Errorf("meshctl install: %w\n%s\n%s", err, out, s.describe(cpNamespace))
 	}
-	wctx, wcancel := context.WithTimeout(ctx, 5*time.Minute) // hang guard: ready in ~30 s here
-	defer wcancel()
-	if err := s.waitInstalled(wctx); err != nil {
-		return fmt.Errorf("install: %w\n%s", err, s.describe(cpNamespace))
-	}
-	fmt.Fprintf(os.Stderr, "e2e: Sluice installed and ready in %s\n", time.Since(start).Round(100*time.Millisecond))
+	fmt.Fprintf(os.Stderr, "e2e: meshctl install: Sluice installed and ready in %s\n", time.Since(start).Round(100*time.Millisecond))
 	return nil
+}
+
+// run runs a program and returns its combined output, which also goes to
+// the test's standard error as it comes (progress of long commands).
+func (s *suite) run(ctx context.Context, prog string, args ...string) (string, error) {
+	var out strings.Builder
+	cmd := exec.CommandContext(ctx, prog, args...)
+	cmd.Stdout = io.MultiWriter(&out, os.Stderr)
+	cmd.Stderr = cmd.Stdout
+	err := cmd.Run()
+	return out.String(), err
 }
 
 // programsDir holds the programs the cluster's images map to: not under
@@ -181,7 +175,7 @@ func (s *suite) build(ctx context.Context) (map[string]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("go env GOMOD: %w", err)
 	}
-	pkgs := []string{"./controlplane/cmd/sluice-controller", "./proxy/cmd/sluice-proxy", "./agent/cmd/sluice-agent", "./cli/cmd/meshctl", "./test/cmd/testapp"}
+	pkgs := []string{"./controlplane/cmd/sluice-controller", "./proxy/cmd/sluice-proxy", "./agent/cmd/sluice-agent", "./cli/cmd/meshctl", "./test/cmd/testapp", "./test/demo/cmd/sluice-demo"}
 	cmd := exec.CommandContext(ctx, "go", append([]string{"build", "-o", s.binDir + "/"}, pkgs...)...)
 	cmd.Dir = filepath.Dir(strings.TrimSpace(string(root)))
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -198,68 +192,10 @@ func (s *suite) build(ctx context.Context) (map[string]string, error) {
 	return out, nil
 }
 
-// waitInstalled waits until every Deployment and DaemonSet of the chart
-// has its pods ready and the tap APIService is Available.
-func (s *suite) waitInstalled(ctx context.Context) error {
-	var last string
-	for {
-		pending := s.notReady(ctx)
-		if len(pending) == 0 {
-			return nil
-		}
-		last = strings.Join(pending, "; ")
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("not ready: %s", last)
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-func (s *suite) notReady(ctx context.Context) []string {
-	var pending []string
-	for _, o := range s.objects {
-		switch o.GetKind() {
-		case "Deployment":
-			d, err := s.cluster.Client.AppsV1().Deployments(o.GetNamespace()).Get(ctx, o.GetName(), metav1.GetOptions{})
-			if err != nil {
-				pending = append(pending, err.Error())
-			} else if d.Status.ObservedGeneration < d.Generation || d.Status.UpdatedReplicas != *d.Spec.Replicas || d.Status.AvailableReplicas != *d.Spec.Replicas {
-				pending = append(pending, fmt.Sprintf("deployment %s: %d/%d available", d.Name, d.Status.AvailableReplicas, *d.Spec.Replicas))
-			}
-		case "DaemonSet":
-			d, err := s.cluster.Client.AppsV1().DaemonSets(o.GetNamespace()).Get(ctx, o.GetName(), metav1.GetOptions{})
-			if err != nil {
-				pending = append(pending, err.Error())
-			} else if d.Status.DesiredNumberScheduled == 0 || d.Status.NumberReady != d.Status.DesiredNumberScheduled || d.Status.UpdatedNumberScheduled != d.Status.DesiredNumberScheduled {
-				pending = append(pending, fmt.Sprintf("daemonset %s: %d/%d ready", d.Name, d.Status.NumberReady, d.Status.DesiredNumberScheduled))
-			}
-		case "APIService":
-			as, err := s.cluster.Dynamic.Resource(schema.GroupVersionResource{Group: "apiregistration.k8s.io", Version: "v1", Resource: "apiservices"}).Get(ctx, o.GetName(), metav1.GetOptions{})
-			if err != nil {
-				pending = append(pending, err.Error())
-				continue
-			}
-			conds, _, _ := unstructured.NestedSlice(as.Object, "status", "conditions")
-			available := false
-			msg := "no conditions"
-			for _, c := range conds {
-				m, _ := c.(map[string]any)
-				if m["type"] == "Available" {
-					available = m["status"] == "True"
-					msg = fmt.Sprint(m["reason"], ": ", m["message"])
-				}
-			}
-			if !available {
-				pending = append(pending, fmt.Sprintf("apiservice %s not available (%s)", o.GetName(), msg))
-			}
-		}
-	}
-	return pending
-}
-
-// teardown uninstalls Sluice (the chart's objects, then the agent's pinned
-// state) and brings the cluster down if the suite brought it up.
+// teardown uninstalls Sluice with meshctl uninstall, checks that the
+// agents' pinned state is gone from this node (falling back to
+// sluice-agent uninstall, so that the machine is clean either way), and
+// brings the cluster down if the suite brought it up.
 func (s *suite) teardown() error {
 	if s.binDir != "" {
 		defer os.RemoveAll(s.binDir)
@@ -270,24 +206,19 @@ func (s *suite) teardown() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var errs []string
-	if s.applier != nil && s.objects != nil {
-		if err := s.applier.Delete(ctx, s.objects); err != nil {
-			errs = append(errs, err.Error())
+	if s.installed {
+		if out, err := s.run(ctx, s.meshctl, "uninstall", "--kubeconfig", s.cluster.Kubeconfig); err != nil {
+			errs = append(errs, fmt.Sprintf("meshctl uninstall: %v: %s", err, out))
 		}
-		// The agent's pods must be gone before its pins are removed.
-		for {
-			_, err := s.cluster.Client.CoreV1().Namespaces().Get(ctx, cpNamespace, metav1.GetOptions{})
-			if apierrors.IsNotFound(err) {
-				break
+		for _, p := range []string{pinRoot, stateDir} {
+			if _, err := os.Stat(p); err == nil {
+				errs = append(errs, fmt.Sprintf("meshctl uninstall left %s behind", p))
 			}
-			if ctx.Err() != nil {
-				errs = append(errs, fmt.Sprintf("namespace %s still there after uninstall", cpNamespace))
-				break
-			}
-			time.Sleep(500 * time.Millisecond)
 		}
-		if out, err := exec.CommandContext(ctx, s.agent, "uninstall", "--pin-root", pinRoot, "--state-dir", stateDir).CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Sprintf("sluice-agent uninstall: %v: %s", err, out))
+		if len(errs) > 0 {
+			if out, err := exec.CommandContext(ctx, s.agent, "uninstall", "--pin-root", pinRoot, "--state-dir", stateDir).CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Sprintf("sluice-agent uninstall: %v: %s", err, out))
+			}
 		}
 	}
 	if err := s.cluster.Down(ctx); err != nil {
