@@ -26,7 +26,7 @@ build: ## Build every binary into bin/.
 	$(GO) build -o $(BIN)/ ./agent/cmd/... ./cli/cmd/... ./proxy/cmd/... ./controlplane/cmd/...
 
 test: deps check-generate lint ## Run every test as root on the real kernel (what CI runs), the local cluster's, then the fuzzers briefly.
-	$(GO) test -count=1 -timeout 40m -p 2 $(PKGS)
+	$(GO) test -count=1 -timeout 75m -p 2 $(PKGS)
 	$(MAKE) test-cluster
 	FUZZTIME=$(FUZZTIME) bash test/fuzz.sh
 

@@ -190,8 +190,9 @@ func Installed(ctx context.Context, client kubernetes.Interface, ns string) (boo
 }
 
 // PreviousValues reads what an upgrade starts from: the values the user
-// gave last time, and the installed identity credentials (kept unless the
-// new values replace the trust anchors).
+// gave last time, and the installed credentials: the identity trust
+// anchors and issuer (kept unless the new values replace the anchors) and
+// the serving certificates of the webhook and the tap API.
 func PreviousValues(ctx context.Context, client kubernetes.Interface, ns string) (user, identity map[string]any, err error) {
 	user = map[string]any{}
 	s, err := client.CoreV1().Secrets(ns).Get(ctx, ValuesSecret, metav1.GetOptions{})
@@ -216,5 +217,32 @@ func PreviousValues(ctx context.Context, client kubernetes.Interface, ns string)
 	setPath(identity, anchorsPath, cm.Data[TrustRootsKey])
 	setPath(identity, issuerCrtPath, string(iss.Data["tls.crt"]))
 	setPath(identity, issuerKeyPath, string(iss.Data["tls.key"]))
+	// The webhook's and the tap API's serving certificates, with the CA of
+	// their caBundle: new ones would be served only once the kubelet has
+	// updated the mounted Secret, while the API server uses the new
+	// caBundle at once.
+	for _, s := range servingSecrets {
+		sec, err := client.CoreV1().Secrets(ns).Get(ctx, s.name, metav1.GetOptions{})
+		if err != nil {
+			if apierrors.IsNotFound(err) {
+				continue
+			}
+			return nil, nil, fmt.Errorf("read secret %s/%s: %w", ns, s.name, err)
+		}
+		crt, key, ca := sec.Data["tls.crt"], sec.Data["tls.key"], sec.Data["ca.crt"]
+		if len(crt) == 0 || len(key) == 0 || len(ca) == 0 {
+			continue // made by an older chart: new ones are generated
+		}
+		setPath(identity, s.values+".crtPEM", string(crt))
+		setPath(identity, s.values+".keyPEM", string(key))
+		setPath(identity, s.values+".caBundlePEM", string(ca))
+	}
 	return user, identity, nil
+}
+
+// servingSecrets are the chart's TLS serving certificates and the values
+// that give them.
+var servingSecrets = []struct{ name, values string }{
+	{"sluice-proxy-injector-tls", "proxyInjector.tls"},
+	{"sluice-tap-tls", "tap.tls"},
 }

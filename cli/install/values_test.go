@@ -84,6 +84,9 @@ func TestPreviousValues(t *testing.T) {
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: ValuesSecret, Namespace: "mesh"}, Data: map[string][]byte{ValuesKey: []byte(data[ValuesKey].(string))}},
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: TrustRootsConfigMap, Namespace: "mesh"}, Data: map[string]string{TrustRootsKey: "ROOTS"}},
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: IssuerSecret, Namespace: "mesh"}, Data: map[string][]byte{"tls.crt": []byte("CRT"), "tls.key": []byte("KEY")}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "sluice-tap-tls", Namespace: "mesh"}, Data: map[string][]byte{"tls.crt": []byte("TC"), "tls.key": []byte("TK"), "ca.crt": []byte("TCA")}},
+		// From an older chart, without ca.crt: not kept.
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "sluice-proxy-injector-tls", Namespace: "mesh"}, Data: map[string][]byte{"tls.crt": []byte("IC"), "tls.key": []byte("IK")}},
 	)
 	gotUser, id, err := PreviousValues(t.Context(), client, "mesh")
 	if err != nil {
@@ -94,6 +97,12 @@ func TestPreviousValues(t *testing.T) {
 	}
 	if lookup(id, anchorsPath) != "ROOTS" || lookup(id, issuerCrtPath) != "CRT" || lookup(id, issuerKeyPath) != "KEY" {
 		t.Errorf("identity values: %v", id)
+	}
+	if lookup(id, "tap.tls.crtPEM") != "TC" || lookup(id, "tap.tls.keyPEM") != "TK" || lookup(id, "tap.tls.caBundlePEM") != "TCA" {
+		t.Errorf("tap TLS values: %v", id["tap"])
+	}
+	if _, ok := id["proxyInjector"]; ok {
+		t.Errorf("a serving secret without ca.crt was kept: %v", id["proxyInjector"])
 	}
 	if _, _, err := PreviousValues(t.Context(), fake.NewClientset(), "mesh"); err == nil || !strings.Contains(err.Error(), TrustRootsConfigMap) {
 		t.Errorf("without trust roots: %v, want an error naming %s", err, TrustRootsConfigMap)

@@ -111,7 +111,7 @@ func TestDemo(t *testing.T) {
 		}
 		addr := `(\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]):\d+`
 		pats := map[string]*regexp.Regexp{
-			"req": regexp.MustCompile(`^req id=\d+:\d+ proxy=(in|out) src=` + addr + ` dst=` + addr + ` tls=\S+ :method=GET :authority=\S+ :path=/\S*$`),
+			"req": regexp.MustCompile(`^req id=\d+:\d+ proxy=(in|out) src=` + addr + ` dst=` + addr + ` tls=\S+ :method=[A-Z]+ :authority=\S+ :path=/\S*$`),
 			"rsp": regexp.MustCompile(`^rsp id=\d+:\d+ proxy=(in|out) src=` + addr + ` dst=` + addr + ` tls=\S+ :status=\d{3} latency=\d+µs$`),
 			"end": regexp.MustCompile(`^end id=\d+:\d+ proxy=(in|out) src=` + addr + ` dst=` + addr + ` tls=\S+ duration=\d+µs response-length=\d+B( .*)?$`),
 		}

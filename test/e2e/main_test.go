@@ -121,8 +121,13 @@ func (s *suite) up(t *testing.T) error {
 			return err
 		}
 	}
-	// Installed as users install it: meshctl install, which waits until
-	// the control plane is ready (hang guard: ready in ~30 s here).
+	// Checked and installed as users do: meshctl check --pre (the node's
+	// kernel through a probe pod, RBAC, the Kubernetes version), then
+	// meshctl install, which waits until the control plane is ready (hang
+	// guard: ready in ~10 s here).
+	if out, err := s.run(ctx, s.meshctl, "check", "--pre", "--kubeconfig", c.Kubeconfig, "--agent-image", imageRegistry+"/agent:"+imageTag); err != nil {
+		return fmt.Errorf("meshctl check --pre: %w\n%s", err, out)
+	}
 	start := time.Now()
 	s.installed = true
 	out, err := s.run(ctx, s.meshctl, "install", "--kubeconfig", c.Kubeconfig, "--wait", "5m",
