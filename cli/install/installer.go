@@ -351,7 +351,9 @@ func (i *Installer) runCleanup(ctx context.Context, ns, node string, tmpl corev1
 // directory's host path mounted through its parent, so that `sluice-agent
 // uninstall` can remove the directory itself (a mount point cannot be).
 func parentOfStateDir(vols []corev1.Volume, mounts []corev1.VolumeMount, stateDir string) ([]corev1.Volume, []corev1.VolumeMount) {
-	mi := slices.IndexFunc(mounts, func(m corev1.VolumeMount) bool { return stateDir != "" && path.Clean(m.MountPath) == path.Clean(stateDir) })
+	mi := slices.IndexFunc(mounts, func(m corev1.VolumeMount) bool {
+		return stateDir != "" && path.Clean(m.MountPath) == path.Clean(stateDir)
+	})
 	if mi < 0 {
 		return vols, mounts
 	}
