@@ -14,8 +14,9 @@ import (
 // install is refused with one line pointing at upgrade; meshctl upgrade
 // keeps the identity trust anchors, the issuer, the webhook's certificate
 // and the values given at install (certLifetime), waits for the rollout,
-// and meshctl check passes afterwards; install --dry-run prints the
-// manifests without a cluster.
+// and meshctl check passes afterwards; meshctl version names the control
+// plane's version; install --dry-run prints the manifests without a
+// cluster.
 func TestInstallUpgrade(t *testing.T) {
 	s := need(t)
 	c := ctx(t, 8*time.Minute)
@@ -68,6 +69,11 @@ func TestInstallUpgrade(t *testing.T) {
 	}
 	if out, err := s.run(c, s.meshctl, "check", "--kubeconfig", kc, "--wait", "2m"); err != nil {
 		t.Errorf("meshctl check after upgrade: %v\n%s", err, out)
+	}
+
+	out, err = s.run(c, s.meshctl, "version", "--kubeconfig", kc)
+	if err != nil || !strings.Contains(out, "Client version: ") || !strings.Contains(out, "Server version: "+imageTag) {
+		t.Errorf("meshctl version: %v\n%s\nwant the client's and the control plane's (%s)", err, out, imageTag)
 	}
 
 	// --dry-run needs no cluster.

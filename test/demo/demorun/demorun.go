@@ -170,8 +170,13 @@ func (r Runner) Stat(ctx context.Context) ([]mapi.StatRow, error) {
 	return rows, nil
 }
 
+// FailingDeployment is the demo's Deployment that fails a share of its
+// requests (authors, --failure-rate=0.1).
+const FailingDeployment = "authors"
+
 // Flowing says why rows do not yet show every demo Deployment meshed with
-// traffic, success rate and latencies; "" when they do.
+// traffic, success rate and latencies, and the failing one with failures;
+// "" when they do.
 func Flowing(rows []mapi.StatRow, deployments []string) string {
 	var missing []string
 	for _, name := range deployments {
@@ -185,6 +190,10 @@ func Flowing(rows []mapi.StatRow, deployments []string) string {
 			missing = append(missing, name+": no requests yet")
 		case rows[i].LatencyP50Ms == nil || rows[i].LatencyP95Ms == nil || rows[i].LatencyP99Ms == nil:
 			missing = append(missing, name+": no latencies yet")
+		case name == FailingDeployment && *rows[i].SuccessRate >= 1:
+			// Prometheus rates a series from its second sample on: the
+			// failures' series starts later than the successes'.
+			missing = append(missing, name+": no failure counted yet")
 		}
 	}
 	return strings.Join(missing, ", ")

@@ -31,6 +31,8 @@ func TestFlowing(t *testing.T) {
 	idle.Name, idle.RequestRate, idle.SuccessRate = "ticker", 0, nil
 	noLatency := ok
 	noLatency.Name, noLatency.LatencyP99Ms = "authors", nil
+	noFailure := ok
+	noFailure.Name, noFailure.SuccessRate = "authors", f(1)
 	for _, tc := range []struct {
 		rows []mapi.StatRow
 		want []string
@@ -38,6 +40,7 @@ func TestFlowing(t *testing.T) {
 		{[]mapi.StatRow{ok}, nil},
 		{nil, []string{"web: no row"}},
 		{[]mapi.StatRow{ok, unmeshed, idle, noLatency}, []string{"books: 0/1 meshed", "ticker: no requests yet", "authors: no latencies yet"}},
+		{[]mapi.StatRow{ok, noFailure}, []string{"authors: no failure counted yet"}},
 	} {
 		deps := []string{"web"}
 		for _, r := range tc.rows {
