@@ -345,15 +345,17 @@ func (s *suite) rogueServer(t *testing.T, c context.Context, ns, presents string
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The issuer's chain goes in a file of its own: s_server sends only
+	// -cert's first certificate, and -cert_chain's certificates after it.
 	var chain bytes.Buffer
-	pem.Encode(&chain, &pem.Block{Type: "CERTIFICATE", Bytes: leaf.Raw})
 	for _, ca := range iss.Chain() {
 		pem.Encode(&chain, &pem.Block{Type: "CERTIFICATE", Bytes: ca})
 	}
 	secret := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "rogue-tls"},
 		Data: map[string][]byte{
-			"tls.crt": chain.Bytes(),
+			"tls.crt":   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Raw}),
+			"chain.crt": chain.Bytes(),
 			"tls.key": pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
 		},
 	}
@@ -372,7 +374,7 @@ func (s *suite) rogueServer(t *testing.T, c context.Context, ns, presents string
 			Containers: []corev1.Container{{
 				Name:         "tls",
 				Image:        opensslImage,
-				Args:         []string{"s_server", "-accept", "8080", "-cert", "/tls/tls.crt", "-key", "/tls/tls.key", "-tls1_3", "-www", "-quiet"},
+				Args:         []string{"s_server", "-accept", "8080", "-cert", "/tls/tls.crt", "-cert_chain", "/tls/chain.crt", "-key", "/tls/tls.key", "-tls1_3", "-www", "-quiet"},
 				Ports:        []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
 				VolumeMounts: []corev1.VolumeMount{{Name: "tls", MountPath: "/tls", ReadOnly: true}},
 			}},
