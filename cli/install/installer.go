@@ -80,7 +80,8 @@ func (i *Installer) Apply(ctx context.Context, objs []*unstructured.Unstructured
 }
 
 // Wait waits until every Deployment, StatefulSet and DaemonSet among objs has all its
-// pods updated and ready and every APIService is Available. It prints a
+// pods updated and ready, every APIService is Available and the proxy
+// injector's webhook injects a pod (a dry run in namespace default). It prints a
 // line when each becomes ready and, every ten seconds, what it still
 // waits for. When ctx ends first the error lists what was not ready.
 func (i *Installer) Wait(ctx context.Context, objs []*unstructured.Unstructured) error {
@@ -163,6 +164,14 @@ func (i *Installer) objectReady(ctx context.Context, o *unstructured.Unstructure
 		ok := st.ObservedGeneration >= d.Generation && st.DesiredNumberScheduled > 0 &&
 			st.NumberReady == st.DesiredNumberScheduled && st.UpdatedNumberScheduled == st.DesiredNumberScheduled
 		return ok, fmt.Sprintf("%d/%d nodes ready", st.NumberReady, st.DesiredNumberScheduled)
+	case "MutatingWebhookConfiguration":
+		// Ready pods are not yet a webhook the API server reaches (its
+		// endpoints follow readiness): until it does, pods of meshed
+		// namespaces would be created without a proxy.
+		if err := WebhookInjects(ctx, i.Client, metav1.NamespaceDefault); err != nil {
+			return false, "not injecting yet: " + err.Error()
+		}
+		return true, "injects pods"
 	case "APIService":
 		as, err := i.Dynamic.Resource(apiServices).Get(ctx, o.GetName(), metav1.GetOptions{})
 		if err != nil {

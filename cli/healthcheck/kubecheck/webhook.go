@@ -3,7 +3,6 @@ package kubecheck
 import (
 	"context"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"time"
 
@@ -11,7 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sluice-mesh/sluice/cli/healthcheck"
-	"github.com/sluice-mesh/sluice/controlplane/inject"
+	"github.com/sluice-mesh/sluice/cli/install"
 	"github.com/sluice-mesh/sluice/internal/meshmeta"
 	"github.com/sluice-mesh/sluice/internal/pki"
 )
@@ -20,9 +19,6 @@ import (
 const (
 	// injectorTLSSecret holds the injector's serving certificate.
 	injectorTLSSecret = "sluice-proxy-injector-tls"
-	// dryRunImage is the image of the pod the webhook check creates in a
-	// dry run; it is never pulled.
-	dryRunImage = "registry.k8s.io/pause:3.10"
 )
 
 // WebhookConfigName is the chart's MutatingWebhookConfiguration for the
@@ -114,29 +110,8 @@ func dryRunNamespace(cl *healthcheck.Cluster) string {
 	return ns
 }
 
-// checkWebhookInjects creates, in a server-side dry run, a pod annotated
-// for injection and fails unless it comes back with the proxy. A webhook
-// with failurePolicy Fail that does not answer makes the create fail; with
-// Ignore the pod comes back without the proxy.
+// checkWebhookInjects fails unless a pod annotated for injection, created
+// in a server-side dry run, comes back with the proxy.
 func checkWebhookInjects(ctx context.Context, s *healthcheck.State) error {
-	cl := s.Cluster
-	ns := dryRunNamespace(cl)
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{
-			GenerateName: "sluice-check-webhook-",
-			Namespace:    ns,
-			Annotations:  map[string]string{meshmeta.AnnotationInject: meshmeta.InjectEnabled},
-			Labels:       map[string]string{"app.kubernetes.io/part-of": "sluice", "app.kubernetes.io/name": "sluice-check"},
-		},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "check", Image: dryRunImage}}},
-	}
-	got, err := cl.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
-	if err != nil {
-		return fmt.Errorf("create a pod in namespace %s (dry run): %w", ns, err)
-	}
-	if !inject.Injected(&got.Spec) {
-		return errors.New("a pod annotated " + meshmeta.AnnotationInject + ": " + meshmeta.InjectEnabled +
-			" was created (dry run) in namespace " + ns + " without a " + meshmeta.ProxyContainerName + " container")
-	}
-	return nil
+	return install.WebhookInjects(ctx, s.Cluster.Client, dryRunNamespace(s.Cluster))
 }
