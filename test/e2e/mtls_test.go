@@ -356,7 +356,7 @@ func (s *suite) rogueServer(t *testing.T, c context.Context, ns, presents string
 		Data: map[string][]byte{
 			"tls.crt":   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Raw}),
 			"chain.crt": chain.Bytes(),
-			"tls.key": pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
+			"tls.key":   pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
 		},
 	}
 	if _, err := s.cluster.Client.CoreV1().Secrets(ns).Create(c, secret, metav1.CreateOptions{}); err != nil {
