@@ -91,7 +91,9 @@ request gives three lines, its events:
   end id=0:1 proxy=in src=10.42.0.7:51234 dst=10.42.0.9:8080 tls=true duration=80µs response-length=12B
 
 id is the request's stream within its proxy; proxy is the side of the proxy
-that saw it (in: a request to the pod, out: one the pod sent); tls is the
+that saw it (in: a request to the pod, out: one the pod sent); src and dst
+are the client's and the server's address and port (out: src is the pod,
+dst the endpoint the proxy chose); tls is the
 hop's TLS status (true, no_identity, disabled); latency runs from the
 request's headers to the response's, duration from the response's headers
 to its end. An end adds grpc-status=<code> or reset-error=<HTTP/2 code>

@@ -309,6 +309,7 @@ func proxyContainer(v Values, cfg Config, identity bool) corev1.Container {
 	}
 	env = append(env,
 		fieldEnv("SLUICE_PROXY_POD_NAMESPACE", "metadata.namespace"),
+		fieldEnv("SLUICE_PROXY_POD_IPS", "status.podIPs"),
 		fieldEnv(envPodNodeName, "spec.nodeName"),
 		corev1.EnvVar{Name: "SLUICE_PROXY_CLUSTER_DOMAIN", Value: v.ClusterDomain},
 		corev1.EnvVar{Name: "SLUICE_PROXY_DESTINATION_ADDR", Value: v.DestinationAddress()},

@@ -184,7 +184,7 @@ func TestInjectEBPF(t *testing.T) {
 			t.Errorf("%s = %q, want %q", name, env[name].Value, want)
 		}
 	}
-	for name, path := range map[string]string{"SLUICE_PROXY_POD_NAMESPACE": "metadata.namespace", "_pod_nodeName": "spec.nodeName", "_pod_sa": "spec.serviceAccountName"} {
+	for name, path := range map[string]string{"SLUICE_PROXY_POD_NAMESPACE": "metadata.namespace", "SLUICE_PROXY_POD_IPS": "status.podIPs", "_pod_nodeName": "spec.nodeName", "_pod_sa": "spec.serviceAccountName"} {
 		if e := env[name]; e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != path {
 			t.Errorf("%s is not the downward API's %s: %+v", name, path, e)
 		}

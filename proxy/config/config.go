@@ -28,8 +28,12 @@ type Config struct {
 	DestinationAddr string // host:port; "" means no discovery
 	DestinationCtx  string
 	Namespace       string
-	ClusterDomain   string
-	OpaquePorts     PortSet
+	// PodIPs are the pod's addresses; outbound tap events name the
+	// application by them rather than by the loopback address its
+	// connections reach the proxy from. Empty: loopback is shown.
+	PodIPs        []netip.Addr
+	ClusterDomain string
+	OpaquePorts   PortSet
 
 	DetectTimeout         time.Duration
 	ConnectTimeout        time.Duration
@@ -141,6 +145,10 @@ func Vars() []Var {
 			}
 			c.Namespace = v
 			return nil
+		}},
+		{"POD_IPS", "", "the pod's addresses (comma-separated; the injector sets the downward API's status.podIPs): tap shows them as the source of outbound requests", func(c *Config, v string) (err error) {
+			c.PodIPs, err = ipList(v)
+			return err
 		}},
 		{"CLUSTER_DOMAIN", "cluster.local", "the cluster's DNS domain", func(c *Config, v string) error {
 			c.ClusterDomain = strings.TrimSuffix(v, ".")
@@ -410,6 +418,22 @@ func addrList(s string) ([]netip.AddrPort, error) {
 	}
 	if len(out) == 0 {
 		return nil, errors.New("want at least one address")
+	}
+	return out, nil
+}
+
+// ipList parses comma-separated IP addresses; "" is none.
+func ipList(s string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		ip, err := netip.ParseAddr(f)
+		if err != nil {
+			return nil, fmt.Errorf("want IP addresses, got %q", f)
+		}
+		out = append(out, ip.Unmap())
 	}
 	return out, nil
 }

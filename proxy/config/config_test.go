@@ -2,6 +2,7 @@ package config
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -45,6 +46,7 @@ func TestOverridesAndEmpty(t *testing.T) {
 		"TAP_LISTEN_ADDR":  "",
 		"OPAQUE_PORTS":     "25, 3306,9000-9100",
 		"POD_NAMESPACE":    "shop",
+		"POD_IPS":          "10.244.0.7, fd00::7",
 		"DETECT_TIMEOUT":   "", // empty takes the default
 		"LOG_LEVEL":        "debug",
 		"REQUIRE_STEERING": "false",
@@ -63,6 +65,9 @@ func TestOverridesAndEmpty(t *testing.T) {
 	if c.OpaquePorts.Contains(80) || c.OpaquePorts.Contains(9101) {
 		t.Errorf("opaque ports too wide: %v", c.OpaquePorts)
 	}
+	if want := []netip.Addr{netip.MustParseAddr("10.244.0.7"), netip.MustParseAddr("fd00::7")}; !slices.Equal(c.PodIPs, want) {
+		t.Errorf("pod IPs %v, want %v", c.PodIPs, want)
+	}
 	if c.DestinationCtx != `{"ns":"shop"}` || c.DetectTimeout != 10*time.Second || c.RequireSteering {
 		t.Errorf("got %+v", c)
 	}
@@ -75,11 +80,12 @@ func TestInvalid(t *testing.T) {
 		"OPAQUE_PORTS":           "70000",
 		"MAX_CONCURRENT_STREAMS": "0",
 		"LOG_FORMAT":             "xml",
+		"POD_IPS":                "10.0.0.1,pod",
 	}))
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, name := range []string{"OUTBOUND_LISTEN_ADDRS", "DETECT_TIMEOUT", "OPAQUE_PORTS", "MAX_CONCURRENT_STREAMS", "LOG_FORMAT"} {
+	for _, name := range []string{"OUTBOUND_LISTEN_ADDRS", "DETECT_TIMEOUT", "OPAQUE_PORTS", "MAX_CONCURRENT_STREAMS", "LOG_FORMAT", "POD_IPS"} {
 		if !strings.Contains(err.Error(), Prefix+name) {
 			t.Errorf("error does not name %s: %v", name, err)
 		}

@@ -63,7 +63,7 @@ const (
 // ConnInfo describes an accepted connection.
 type ConnInfo struct {
 	Direction string         // "inbound" or "outbound"
-	Client    netip.AddrPort // the peer
+	Client    netip.AddrPort // the peer (outbound: the application, by the pod's address when known)
 	OrigDst   netip.AddrPort // where the client was going
 	TLS       metrics.TLS    // labels of the connection's TLS state (inbound: client_id)
 }

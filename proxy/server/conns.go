@@ -45,9 +45,26 @@ func (s *Server) handleOutbound(c net.Conn) {
 		c.Close()
 		return
 	}
-	ci := &httpproxy.ConnInfo{Direction: "outbound", Client: netx.AddrPortOf(c.RemoteAddr()), OrigDst: orig, TLS: outbound.NoIdentity}
+	ci := &httpproxy.ConnInfo{Direction: "outbound", Client: s.application(netx.AddrPortOf(c.RemoteAddr())), OrigDst: orig, TLS: outbound.NoIdentity}
 	cc := tcpstats.Wrap(c, s.metrics.TCP(metrics.Target{Direction: "outbound", Addr: orig, TLS: outbound.NoIdentity}, "src"))
 	s.serve(cc, ci, s.outHTTP, s.relayOutbound)
+}
+
+// application names the application's end of an outbound connection for
+// tap: steering makes the application connect to the proxy over loopback,
+// so a loopback client is shown with the pod's address of its family (the
+// port stays the application's). Anything else, or a pod address unknown,
+// is returned as it is.
+func (s *Server) application(client netip.AddrPort) netip.AddrPort {
+	if !client.Addr().IsLoopback() {
+		return client
+	}
+	for _, ip := range s.cfg.PodIPs {
+		if ip.Is4() == client.Addr().Unmap().Is4() {
+			return netip.AddrPortFrom(ip, client.Port())
+		}
+	}
+	return client
 }
 
 // handleInbound serves a connection that reached the pod.

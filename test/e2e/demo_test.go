@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sluice-mesh/sluice/test/demo"
 	"github.com/sluice-mesh/sluice/test/demo/demorun"
@@ -115,6 +118,19 @@ func TestDemo(t *testing.T) {
 			"rsp": regexp.MustCompile(`^rsp id=\d+:\d+ proxy=(in|out) src=` + addr + ` dst=` + addr + ` tls=\S+ :status=\d{3} latency=\d+µs$`),
 			"end": regexp.MustCompile(`^end id=\d+:\d+ proxy=(in|out) src=` + addr + ` dst=` + addr + ` tls=\S+ duration=\d+µs response-length=\d+B( .*)?$`),
 		}
+		// Outbound lines name web's pod as the source, not the loopback
+		// address the application reaches its proxy on.
+		pods, err := s.cluster.Client.CoreV1().Pods(demo.Namespace).List(tc, metav1.ListOptions{LabelSelector: "app=web"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		webIPs := map[string]bool{}
+		for _, p := range pods.Items {
+			for _, ip := range p.Status.PodIPs {
+				webIPs[ip.IP] = true
+			}
+		}
+		outSrc := regexp.MustCompile(` proxy=out src=(\S+) `)
 		seen := map[string]int{}
 		for line := range strings.Lines(strings.TrimSpace(string(out))) {
 			line = strings.TrimRight(line, "\n")
@@ -125,6 +141,15 @@ func TestDemo(t *testing.T) {
 				continue
 			}
 			seen[kind]++
+			if m := outSrc.FindStringSubmatch(line); m != nil {
+				seen["out"]++
+				if ap, err := netip.ParseAddrPort(m[1]); err != nil || !webIPs[ap.Addr().String()] {
+					t.Errorf("tap line %q: an outbound source that is not a web pod's address %v", line, webIPs)
+				}
+			}
+		}
+		if seen["out"] == 0 {
+			t.Errorf("tap printed no outbound line of web (its calls to books and authors):\n%s", out)
 		}
 		if seen["req"] == 0 || seen["rsp"] == 0 || seen["end"] < 10 {
 			t.Errorf("tap printed %v lines (want req, rsp and at least 10 end):\n%s", seen, out)

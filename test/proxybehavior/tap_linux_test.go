@@ -221,6 +221,11 @@ func TestTap(t *testing.T) {
 				if dst, ok := discovery.AddrFromAPI(x.first.GetDestination()); !ok || dst != want {
 					t.Errorf("request %s: destination %v, want the endpoint %s", x.id, dst, want)
 				}
+				// The application connected to the proxy over loopback; tap
+				// names it by the pod's address, as Linkerd's does.
+				if src, ok := discovery.AddrFromAPI(x.first.GetSource()); !ok || src.Addr() != client.IPv4() || src.Port() == 0 {
+					t.Errorf("request %s: source %v, want the client pod's address %s and its port", x.id, src, client.IPv4())
+				}
 				if labels := x.first.GetDestinationMeta().GetLabels(); labels["pod"] != "web" || labels["service"] != "web" || labels["namespace"] != proxytest.Namespace {
 					t.Errorf("request %s: destination labels %v, want discovery's pod, service and namespace", x.id, labels)
 				}

@@ -168,15 +168,17 @@ type MeshedPod struct {
 
 // AddPod creates pod name, starts sluice-proxy in it as uid 2102 with the
 // environment of proxy/README.md (destination service: m.Dest, namespace
-// Namespace, log level debug), enrolls the pod with the steering probe
+// Namespace, the pod's addresses, log level debug), enrolls the pod with the steering probe
 // and waits until the proxy reports /ready on podIP:4191.
 func (m *Mesh) AddPod(t *testing.T, name string, po PodOptions) *MeshedPod {
 	t.Helper()
 	pod := m.Node.AddPod(t, name, netns.PodOptions{})
 	env := map[string]string{
 		"SLUICE_PROXY_POD_NAMESPACE": Namespace,
-		"SLUICE_PROXY_LOG_LEVEL":     "debug",
-		"SLUICE_PROXY_LOG_FORMAT":    "text",
+		// As the injector sets it from status.podIPs.
+		"SLUICE_PROXY_POD_IPS":    pod.IPv4().String() + "," + pod.IPv6().String(),
+		"SLUICE_PROXY_LOG_LEVEL":  "debug",
+		"SLUICE_PROXY_LOG_FORMAT": "text",
 	}
 	if !po.NoDiscovery {
 		env["SLUICE_PROXY_DESTINATION_ADDR"] = m.Dest.Addr().String()
