@@ -404,38 +404,40 @@ func addr(s string) (netip.AddrPort, error) {
 	return ap, nil
 }
 
-func addrList(s string) ([]netip.AddrPort, error) {
-	var out []netip.AddrPort
+// commaList parses each non-empty, space-trimmed item of a
+// comma-separated list with parse; "" is none.
+func commaList[T any](s string, parse func(string) (T, error)) ([]T, error) {
+	var out []T
 	for _, f := range strings.Split(s, ",") {
 		if f = strings.TrimSpace(f); f == "" {
 			continue
 		}
-		ap, err := addr(f)
+		v, err := parse(f)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, ap)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("want at least one address")
+		out = append(out, v)
 	}
 	return out, nil
 }
 
+func addrList(s string) ([]netip.AddrPort, error) {
+	out, err := commaList(s, addr)
+	if err == nil && len(out) == 0 {
+		err = errors.New("want at least one address")
+	}
+	return out, err
+}
+
 // ipList parses comma-separated IP addresses; "" is none.
 func ipList(s string) ([]netip.Addr, error) {
-	var out []netip.Addr
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f == "" {
-			continue
-		}
+	return commaList(s, func(f string) (netip.Addr, error) {
 		ip, err := netip.ParseAddr(f)
 		if err != nil {
-			return nil, fmt.Errorf("want IP addresses, got %q", f)
+			return netip.Addr{}, fmt.Errorf("want IP addresses, got %q", f)
 		}
-		out = append(out, ip.Unmap())
-	}
-	return out, nil
+		return ip.Unmap(), nil
+	})
 }
 
 func dur(field func(*Config) *time.Duration, positive bool) func(*Config, string) error {
@@ -460,28 +462,26 @@ type PortRange struct{ Lo, Hi uint16 }
 
 // ParsePortSet parses "25,3306,9000-9100". Empty is the empty set.
 func ParsePortSet(s string) (PortSet, error) {
-	var ps PortSet
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f == "" {
-			continue
-		}
-		lo, hi, isRange := strings.Cut(f, "-")
-		l, err := port(lo)
-		if err != nil {
-			return nil, err
-		}
-		h := l
-		if isRange {
-			if h, err = port(hi); err != nil {
-				return nil, err
-			}
-		}
-		if h < l {
-			return nil, fmt.Errorf("range %q: %d is above %d", f, l, h)
-		}
-		ps = append(ps, PortRange{l, h})
+	return commaList(s, portRange)
+}
+
+// portRange parses a port ("25") or an inclusive range ("9000-9100").
+func portRange(f string) (PortRange, error) {
+	lo, hi, isRange := strings.Cut(f, "-")
+	l, err := port(lo)
+	if err != nil {
+		return PortRange{}, err
 	}
-	return ps, nil
+	h := l
+	if isRange {
+		if h, err = port(hi); err != nil {
+			return PortRange{}, err
+		}
+	}
+	if h < l {
+		return PortRange{}, fmt.Errorf("range %q: %d is above %d", f, l, h)
+	}
+	return PortRange{l, h}, nil
 }
 
 func port(s string) (uint16, error) {

@@ -168,8 +168,9 @@ type MeshedPod struct {
 
 // AddPod creates pod name, starts sluice-proxy in it as uid 2102 with the
 // environment of proxy/README.md (destination service: m.Dest, namespace
-// Namespace, the pod's addresses, log level debug), enrolls the pod with the steering probe
-// and waits until the proxy reports /ready on podIP:4191.
+// Namespace, the pod's addresses, log level debug), enrolls the pod with
+// the steering probe and waits until the proxy reports /ready on
+// podIP:4191.
 func (m *Mesh) AddPod(t *testing.T, name string, po PodOptions) *MeshedPod {
 	t.Helper()
 	pod := m.Node.AddPod(t, name, netns.PodOptions{})
